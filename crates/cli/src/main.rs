@@ -1,0 +1,2 @@
+//! The `pm2rs` executable (placeholder while it is written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Ecosystem file parser and validator (placeholder while the parser is written).

@@ -1,0 +1,1 @@
+//! The pm2rs daemon (placeholder while it is written).

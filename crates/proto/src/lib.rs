@@ -1,0 +1,390 @@
+//! The wire contract between the pm2rs daemon and its clients.
+//!
+//! Everything that crosses the control socket is defined here, once, as typed structs that both sides
+//! (de)serialize with serde_json. The daemon serves HTTP/1.1 on `$PM2RS_HOME/pm2rs.sock`; every route
+//! lives under [`API_PREFIX`] and is named in [`routes`].
+//!
+//! # Layout
+//! - [`AppSpec`]: one fully resolved app, as the ecosystem parser produces it and the daemon runs it.
+//! - [`ProcessInfo`], [`Status`]: what `list` and `describe` show about one instance.
+//! - Request structs ([`StartRequest`], [`TargetRequest`], [`ScaleRequest`]) and their replies.
+//! - [`ApiError`]: the body of every non-2xx reply.
+//!
+//! # Versioning
+//! Every request carries [`VERSION_HEADER`] with the client's [`VERSION`]; the daemon answers with its own.
+//! A mismatch is refused with `409 Conflict` (except on [`routes::KILL`] and [`routes::PING`], so an old
+//! daemon can always be asked for its version and stopped).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The crate version; the CLI and the daemon must agree on it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Header carrying [`VERSION`] on every request and reply.
+pub const VERSION_HEADER: &str = "x-pm2rs-version";
+/// Prefix of every route.
+pub const API_PREFIX: &str = "/v1";
+/// File name of the control socket inside `PM2RS_HOME`.
+pub const SOCKET_FILE: &str = "pm2rs.sock";
+/// File name of the daemon's pid file inside `PM2RS_HOME`.
+pub const PID_FILE: &str = "pm2rs.pid";
+/// File name of the daemon's own log inside `PM2RS_HOME`.
+pub const DAEMON_LOG_FILE: &str = "pm2rs.log";
+/// Environment variable that overrides the daemon's home directory.
+pub const HOME_ENV: &str = "PM2RS_HOME";
+
+/// Route paths, relative to the host (they already include [`API_PREFIX`]).
+pub mod routes {
+    /// `GET` → [`crate::PingResponse`].
+    pub const PING: &str = "/v1/ping";
+    /// `GET` → [`crate::ListResponse`].
+    pub const LIST: &str = "/v1/processes";
+    /// `POST` [`crate::StartRequest`] → [`crate::StartResponse`].
+    pub const START: &str = "/v1/apps/start";
+    /// `POST` [`crate::TargetRequest`] → [`crate::ActionResponse`].
+    pub const STOP: &str = "/v1/apps/stop";
+    /// `POST` [`crate::TargetRequest`] → [`crate::ActionResponse`].
+    pub const RESTART: &str = "/v1/apps/restart";
+    /// `POST` [`crate::TargetRequest`] → [`crate::ActionResponse`].
+    pub const DELETE: &str = "/v1/apps/delete";
+    /// `POST` [`crate::ScaleRequest`] → [`crate::ActionResponse`].
+    pub const SCALE: &str = "/v1/apps/scale";
+    /// `POST` [`crate::TargetRequest`] → [`crate::DescribeResponse`].
+    pub const DESCRIBE: &str = "/v1/apps/describe";
+    /// `POST` (empty body) → [`crate::ActionResponse`]; stops every app, then the daemon exits.
+    pub const KILL: &str = "/v1/kill";
+}
+
+/// How an app's instances are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecMode {
+    /// Each instance is a plain child process.
+    #[default]
+    Fork,
+    /// Instances share listening sockets handed over by the daemon.
+    Cluster,
+}
+
+impl fmt::Display for ExecMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExecMode::Fork => "fork",
+            ExecMode::Cluster => "cluster",
+        })
+    }
+}
+
+/// One app, fully resolved: every path absolute, every default applied, every duration in
+/// milliseconds. The CLI builds it (from an ecosystem file or the command line) and the daemon runs it
+/// without further interpretation.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSpec {
+    /// Unique app name: non-empty, no `/`, not `.` or `..`.
+    pub name: String,
+    /// Group of apps that can be targeted together; `"default"` unless set.
+    pub namespace: String,
+    /// The program (or, with an interpreter, the script) to run: an absolute path.
+    pub script: PathBuf,
+    /// Arguments passed after the script.
+    pub args: Vec<String>,
+    /// Interpreter that runs `script`; `None` runs `script` directly.
+    pub interpreter: Option<String>,
+    /// Arguments passed to the interpreter before the script.
+    pub interpreter_args: Vec<String>,
+    /// Working directory (absolute).
+    pub cwd: PathBuf,
+    /// Variables set for every instance, over the daemon's own environment.
+    pub env: BTreeMap<String, String>,
+    /// Number of instances (at least 1).
+    pub instances: u32,
+    /// Fork or cluster.
+    pub exec_mode: ExecMode,
+    /// Restart an instance when it exits.
+    pub autorestart: bool,
+    /// Consecutive unstable runs after which the instance is `errored`.
+    pub max_restarts: u32,
+    /// A run shorter than this is unstable.
+    pub min_uptime_ms: u64,
+    /// Fixed delay before a restart.
+    pub restart_delay_ms: u64,
+    /// Initial delay of the exponential backoff; `None` = fixed `restart_delay_ms`.
+    pub exp_backoff_restart_delay_ms: Option<u64>,
+    /// Exit codes that mean "done, do not restart".
+    pub stop_exit_codes: Vec<i32>,
+    /// Signal sent to the process group on stop, e.g. `"SIGINT"`.
+    pub kill_signal: String,
+    /// Time between `kill_signal` and SIGKILL.
+    pub kill_timeout_ms: u64,
+    /// The ecosystem file this app came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+impl fmt::Debug for AppSpec {
+    /// Hand-written so that env values (which may be secrets) never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSpec")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("script", &self.script)
+            .field("args", &self.args)
+            .field("interpreter", &self.interpreter)
+            .field("interpreter_args", &self.interpreter_args)
+            .field("cwd", &self.cwd)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("instances", &self.instances)
+            .field("exec_mode", &self.exec_mode)
+            .field("autorestart", &self.autorestart)
+            .field("max_restarts", &self.max_restarts)
+            .field("min_uptime_ms", &self.min_uptime_ms)
+            .field("restart_delay_ms", &self.restart_delay_ms)
+            .field(
+                "exp_backoff_restart_delay_ms",
+                &self.exp_backoff_restart_delay_ms,
+            )
+            .field("stop_exit_codes", &self.stop_exit_codes)
+            .field("kill_signal", &self.kill_signal)
+            .field("kill_timeout_ms", &self.kill_timeout_ms)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Lifecycle status of one instance. The allowed moves between them are a table in the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Spawned, not yet ready.
+    Launching,
+    /// Running and ready.
+    Online,
+    /// Stop signal sent, waiting for the process group to exit.
+    Stopping,
+    /// Not running, by request or by policy.
+    Stopped,
+    /// Exited; a restart is scheduled after a delay.
+    WaitingRestart,
+    /// Gave up after too many unstable restarts (or could not be spawned).
+    Errored,
+}
+
+impl Status {
+    /// Human text as shown in tables, e.g. `waiting restart`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Launching => "launching",
+            Status::Online => "online",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+            Status::WaitingRestart => "waiting restart",
+            Status::Errored => "errored",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One managed instance as seen by `list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Unique id of this instance (never reused while the daemon lives).
+    pub id: u32,
+    /// App name.
+    pub name: String,
+    /// App namespace.
+    pub namespace: String,
+    /// Index of the instance within its app (0-based; the value of `NODE_APP_INSTANCE`).
+    pub instance: u32,
+    /// Fork or cluster.
+    pub exec_mode: ExecMode,
+    /// Pid of the running process, if any.
+    pub pid: Option<u32>,
+    /// Lifecycle status.
+    pub status: Status,
+    /// Restarts since the instance was created (PM2's ↺).
+    pub restarts: u32,
+    /// Consecutive unstable runs (reset by a stable run).
+    pub unstable_restarts: u32,
+    /// When the current run started (Unix time, microseconds), if running.
+    pub started_at_us: Option<u64>,
+    /// CPU use in percent of one core, last sample.
+    pub cpu_percent: Option<f32>,
+    /// Resident memory in bytes, last sample.
+    pub memory_bytes: Option<u64>,
+    /// User the process runs as.
+    pub user: Option<String>,
+    /// Why the instance is errored or stopped by policy, if it is.
+    pub reason: Option<String>,
+    /// How the last run ended, e.g. `exit code 1` or `signal SIGKILL`.
+    pub last_exit: Option<String>,
+}
+
+/// `GET /v1/ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingResponse {
+    /// Daemon version.
+    pub version: String,
+    /// Daemon pid.
+    pub pid: u32,
+    /// The daemon's home directory.
+    pub home: PathBuf,
+    /// Daemon uptime in milliseconds.
+    pub uptime_ms: u64,
+}
+
+/// `GET /v1/processes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListResponse {
+    /// Every instance, ordered by id.
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// `POST /v1/apps/start`: start (or apply changes to) these apps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// Apps to start; an app already known by name is updated: restarted if its spec changed,
+    /// started if stopped, left alone otherwise.
+    pub apps: Vec<AppSpec>,
+}
+
+/// What `start` did with each app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartResponse {
+    /// Apps that did not exist and were started.
+    pub started: Vec<String>,
+    /// Apps whose spec changed and were restarted with it.
+    pub updated: Vec<String>,
+    /// Apps that were stopped or errored and were started again.
+    pub restarted: Vec<String>,
+    /// Apps that were already running with the same spec.
+    pub unchanged: Vec<String>,
+    /// Every instance of the apps named in the request, after the change.
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// A request naming a target: `all`, an instance id, an app name, or a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRequest {
+    /// The target as the user typed it.
+    pub target: String,
+}
+
+/// How to change an app's instance count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleTo {
+    /// Exactly this many (at least 1).
+    Exactly(u32),
+    /// This many more (positive) or fewer (negative).
+    Delta(i64),
+}
+
+/// `POST /v1/apps/scale`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    /// App name.
+    pub name: String,
+    /// New count.
+    pub to: ScaleTo,
+}
+
+/// Reply of stop, restart, delete, scale and kill: the instances affected, after the action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionResponse {
+    /// Affected instances in their new state (empty for delete and kill).
+    pub processes: Vec<ProcessInfo>,
+    /// Ids of the instances that were acted on.
+    pub ids: Vec<u32>,
+}
+
+/// `POST /v1/apps/describe`: everything known about the matching instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DescribeResponse {
+    /// One entry per matching instance.
+    pub processes: Vec<Described>,
+}
+
+/// One instance with the spec of its app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Described {
+    /// The instance.
+    pub process: ProcessInfo,
+    /// The app it belongs to.
+    pub spec: AppSpec,
+    /// Where its stdout goes.
+    pub out_log: PathBuf,
+    /// Where its stderr goes.
+    pub err_log: PathBuf,
+}
+
+/// Machine-readable error kinds, so the CLI can pick an exit code and a hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was malformed or named nothing (exit code 2).
+    BadRequest,
+    /// The target matched no app (exit code 1).
+    NotFound,
+    /// CLI and daemon versions differ.
+    VersionMismatch,
+    /// The operation failed (exit code 1).
+    Failed,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+/// Body of every non-2xx reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What kind of error.
+    pub kind: ErrorKind,
+    /// A sentence for humans, with the next step where there is one.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_serializes_as_snake_case_and_displays_with_space() {
+        let json = serde_json::to_string(&Status::WaitingRestart).unwrap();
+        assert_eq!(json, "\"waiting_restart\"");
+        assert_eq!(Status::WaitingRestart.to_string(), "waiting restart");
+    }
+
+    #[test]
+    fn debug_of_spec_hides_env_values() {
+        let spec = AppSpec {
+            name: "api".into(),
+            namespace: "default".into(),
+            script: "/bin/true".into(),
+            args: vec![],
+            interpreter: None,
+            interpreter_args: vec![],
+            cwd: "/".into(),
+            env: BTreeMap::from([("TOKEN".to_string(), "s3cret".to_string())]),
+            instances: 1,
+            exec_mode: ExecMode::Fork,
+            autorestart: true,
+            max_restarts: 16,
+            min_uptime_ms: 1000,
+            restart_delay_ms: 0,
+            exp_backoff_restart_delay_ms: None,
+            stop_exit_codes: vec![],
+            kill_signal: "SIGINT".into(),
+            kill_timeout_ms: 1600,
+            source: None,
+        };
+        let text = format!("{spec:?}");
+        assert!(text.contains("TOKEN"));
+        assert!(!text.contains("s3cret"));
+    }
+}
