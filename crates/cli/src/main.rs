@@ -1,2 +1,176 @@
-//! The `pm2rs` executable (placeholder while it is written).
-fn main() {}
+//! The `pm2rs` executable: a thin client of the daemon, and (`pm2rs daemon`) the daemon itself.
+//!
+//! # Layout
+//! - `main.rs`: the command line (clap), dispatch, and the mapping of errors to exit codes
+//!   (0 ok, 1 operation failed, 2 usage or config error; a closed stdout pipe is success).
+//! - [`client`]: HTTP over the Unix socket, starting the daemon on first use, version check.
+//! - [`commands`]: one function per command: build the request, print the reply.
+//! - [`render`]: tables and describe output for humans (pure functions).
+
+mod client;
+mod commands;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use pm2rs_proto::ErrorKind;
+
+/// PM2-style process manager for apps in any language.
+#[derive(Debug, Parser)]
+#[command(name = "pm2rs", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Start apps from an ecosystem file (.toml, or PM2's .json), or one script.
+    Start(StartArgs),
+    /// Stop apps (target: name, id, namespace or `all`).
+    Stop(TargetArgs),
+    /// Stop then start apps again.
+    Restart(TargetArgs),
+    /// Stop apps and forget them.
+    #[command(alias = "del")]
+    Delete(TargetArgs),
+    /// Change an app's instance count: N, +N or -N.
+    Scale {
+        /// App name.
+        name: String,
+        /// New count: `4`, `+2` or `-1`.
+        #[arg(allow_hyphen_values = true)]
+        count: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// List every managed instance.
+    #[command(visible_alias = "ls", alias = "ps", alias = "status")]
+    List(OutputArgs),
+    /// List every managed instance as JSON (same as `list --json`).
+    Jlist,
+    /// Show everything about the matching instances.
+    #[command(alias = "desc", alias = "show", alias = "info")]
+    Describe(TargetArgs),
+    /// Check that the daemon answers (starting it if needed).
+    Ping,
+    /// Stop every app, then the daemon.
+    Kill,
+    /// Run the daemon in the foreground (what a service unit or container runs).
+    Daemon {
+        /// Used by the CLI when it starts the daemon in the background.
+        #[arg(long, hide = true)]
+        detached: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// An ecosystem file (.toml / .json) or a script or program to run.
+    pub what: String,
+    /// App name (script mode; default: the script's file name without extension).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Number of instances: N, `max`, or -N for "cores minus N" (script mode).
+    #[arg(short = 'i', long = "instances", allow_hyphen_values = true)]
+    pub instances: Option<String>,
+    /// Interpreter for the script (`none` runs it directly).
+    #[arg(long)]
+    pub interpreter: Option<String>,
+    /// Namespace of the app (script mode).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only start these apps of the ecosystem file (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Merge `env_<profile>` over `env` (ecosystem file mode).
+    #[arg(long = "env")]
+    pub env_profile: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Arguments passed to the script (after `--`).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// App name, id, namespace, or `all`.
+    pub target: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A usage or configuration error: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Daemon { detached } = cli.command {
+        let home = match client::home_dir() {
+            Ok(h) => h,
+            Err(e) => return fail(&e),
+        };
+        return match pm2rs_daemon::run_daemon(pm2rs_daemon::DaemonOptions { home, detached }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e.into()),
+    };
+    match runtime.block_on(commands::run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints an error and picks the exit code; a closed stdout (`pm2rs list | head -1`) is success.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            return ExitCode::SUCCESS;
+        }
+    }
+    let code = if err.downcast_ref::<UsageError>().is_some()
+        || err.downcast_ref::<pm2rs_config::ConfigErrors>().is_some()
+    {
+        2
+    } else if let Some(d) = err.downcast_ref::<client::DaemonError>() {
+        match d.0.kind {
+            ErrorKind::BadRequest => 2,
+            _ => 1,
+        }
+    } else {
+        1
+    };
+    if err.downcast_ref::<pm2rs_config::ConfigErrors>().is_some() {
+        eprintln!("pm2rs: the configuration has errors; nothing was changed:\n{err}");
+    } else {
+        eprintln!("pm2rs: {err:#}");
+    }
+    ExitCode::from(code)
+}

@@ -1,1 +1,116 @@
-//! Ecosystem file parser and validator (placeholder while the parser is written).
+//! Ecosystem files (TOML, or PM2's JSON) and `pm2rs start <script>` options, parsed and validated
+//! into fully resolved [`AppSpec`]s.
+//!
+//! Every problem is reported at once, each with the file, 1-based line:column, the key path (such
+//! as `apps[1].instances`) and a message: see [`ConfigErrors`]. Nothing here panics on user input.
+//! The keys, their defaults and the PM2 compatibility rules are documented in
+//! `docs/configuration.md`.
+//!
+//! # Layout
+//! - `lib.rs`: the public API ([`load_ecosystem`], [`app_from_script`], [`is_ecosystem_path`] and
+//!   their options) and re-exports.
+//! - `error`: [`ConfigError`], [`ConfigErrors`], the error collector and byte offset → line:column.
+//! - `tree`: the located value tree every input becomes (TOML is converted here).
+//! - `json`: PM2 JSON → located tree, with spans for every key and value.
+//! - `ecosystem`: one file: syntax, the `apps` array, duplicate names, `--env`, `--only`.
+//! - `script`: command-line options → located tree, validated like a file's app.
+//! - `app`: one app: key sorting, typed reading into a draft (the validated intermediate),
+//!   defaults, path resolution.
+//! - `keys`: the one table of app keys: implemented, PM2 aliases, not supported yet (and which
+//!   values of those are harmless); "did you mean" suggestions.
+//! - `names`: app names / namespaces and kill signals as validated types.
+//! - `units`: durations, sizes, instance counts, and the limits on absurd values.
+//! - `shell`: shell-like splitting of `args` strings.
+//! - `resolve`: absolute paths, executable checks, `PATH` lookup.
+//!
+//! # Interpreter in the result
+//! [`AppSpec::interpreter`] keeps a bare interpreter name as written (`"node"`; it was checked to
+//! be in `PATH`, the app's `env.PATH` if it sets one, else the caller's), so the daemon finds it
+//! in the PATH it gives the app. An interpreter written as a path is made absolute (against the
+//! app's cwd). [`AppSpec::script`] is always absolute.
+
+mod app;
+mod ecosystem;
+mod error;
+mod json;
+mod keys;
+mod names;
+mod resolve;
+mod script;
+mod shell;
+mod tree;
+mod units;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, ConfigErrors};
+pub use names::MAX_NAME_LEN;
+pub use pm2rs_proto::AppSpec;
+pub use units::{
+    MAX_BACKOFF_MS, MAX_DURATION_MS, MAX_INSTANCES, MAX_MAX_RESTARTS, parse_duration_ms,
+    parse_instances, parse_size_bytes,
+};
+
+/// How to load an ecosystem file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `--env <profile>`: merge each app's `env_<profile>` over its `env`. It is an error when no
+    /// app of the file defines that profile.
+    pub env_profile: Option<String>,
+    /// `--only a,b` (already split): keep only these apps; each must exist in the file. Apps left
+    /// out are still checked, except for files on disk (scripts, interpreters, cwd).
+    pub only: Vec<String>,
+    /// CPU count for `instances = "max"` and negative counts (0 = ask the system).
+    pub cpus: u32,
+}
+
+/// `pm2rs start <script>` options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScriptOptions {
+    /// `--name`; default: the script's file stem.
+    pub name: Option<String>,
+    /// `-i` / `--instances`: a number, `max` or a negative number.
+    pub instances: Option<String>,
+    /// Arguments after `--`.
+    pub args: Vec<String>,
+    /// `--interpreter` (`none` runs the script directly); default: chosen by extension.
+    pub interpreter: Option<String>,
+    /// `--namespace`; default `default`.
+    pub namespace: Option<String>,
+    /// The CLI's working directory: the script is resolved against it and the app runs in it
+    /// (empty = the process's current directory).
+    pub cwd: PathBuf,
+    /// CPU count for `-i max` and negative counts (0 = ask the system).
+    pub cpus: u32,
+}
+
+/// Loads and validates the ecosystem file at `path` (TOML, or PM2 JSON when the name ends in
+/// `.json`). Returns the apps in file order, or every problem found.
+pub fn load_ecosystem(path: &Path, opts: &LoadOptions) -> Result<Vec<AppSpec>, ConfigErrors> {
+    ecosystem::load_with(path, opts, std::env::var_os("PATH").as_deref())
+}
+
+/// Builds and validates the app of `pm2rs start <script> [options] [-- args]`. Errors have no file
+/// or line; their key is the flag at fault (e.g. `--instances`), or `script`.
+pub fn app_from_script(script: &str, opts: &ScriptOptions) -> Result<AppSpec, ConfigErrors> {
+    script::app_from_script_with(script, opts, std::env::var_os("PATH").as_deref())
+}
+
+/// Whether `p` names an ecosystem file rather than a script: `*.toml`, `*.json` (PM2 style, e.g.
+/// `ecosystem.json`, `app.config.json`), or PM2's JavaScript `*.config.js` / `.cjs` / `.mjs` (which
+/// [`load_ecosystem`] refuses with an explanation instead of running the file as a script).
+pub fn is_ecosystem_path(p: &Path) -> bool {
+    ecosystem::FileKind::of(p).is_some()
+}
+
+/// `cpus`, or the system's count when 0.
+pub(crate) fn effective_cpus(cpus: u32) -> u32 {
+    if cpus > 0 {
+        return cpus;
+    }
+    std::thread::available_parallelism()
+        .map_or(1, |n| u32::try_from(n.get()).unwrap_or(MAX_INSTANCES))
+}

@@ -1,1 +1,182 @@
-//! The pm2rs daemon (placeholder while it is written).
+//! The pm2rs daemon: owns every managed process and serves the control API on a Unix socket.
+//!
+//! # Layout
+//! - [`home`]: the home directory, the pid-file lock (one daemon per home), binding the socket.
+//! - [`api`]: axum routes, version check, peer-uid check; handlers talk to the supervisor only.
+//! - [`supervisor`]: the single task that owns app state and makes every lifecycle move.
+//! - [`lifecycle`]: the table of allowed status transitions.
+//! - [`policy`]: the restart policy, a pure function.
+//! - [`process`]: spawning in a process group, signalling groups safely, reaping.
+//! - [`metrics`]: cpu/memory sampling for `list`.
+//!
+//! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token);
+//! [`run_daemon`] is what `pm2rs daemon` calls.
+
+pub mod api;
+pub mod home;
+pub mod lifecycle;
+pub mod metrics;
+pub mod policy;
+pub mod process;
+pub mod supervisor;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::api::{ApiState, PeerCheckedListener};
+use crate::home::Home;
+use crate::supervisor::{Command, Supervisor};
+
+/// How `pm2rs daemon` was asked to run.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The daemon's home (`PM2RS_HOME`).
+    pub home: PathBuf,
+    /// Started by the CLI in the background: after the ready line, detach stdin/stdout/stderr.
+    pub detached: bool,
+}
+
+/// Runs the daemon in the foreground until `pm2rs kill`, SIGTERM or SIGINT. Prints `ready <pid>` on
+/// stdout once the socket accepts connections (the CLI waits for that line).
+pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
+    let home = Home::new(opts.home);
+    home.prepare()?;
+    let lock = home.lock()?;
+    init_tracing(&home)?;
+    nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let listener = home.bind(&lock)?;
+        let shutdown = CancellationToken::new();
+        // Signals end the daemon the same way `pm2rs kill` does: stop every app first.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let signalled = shutdown.child_token();
+        let on_signal = signalled.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: stopping every app, then exiting"),
+                _ = int.recv() => info!("SIGINT: stopping every app, then exiting"),
+                () = on_signal.cancelled() => return,
+            }
+            on_signal.cancel();
+        });
+        announce_ready(opts.detached);
+        info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
+        serve(listener, home.clone(), shutdown, signalled).await
+    });
+    home.cleanup();
+    drop(lock);
+    info!("daemon exited");
+    result
+}
+
+/// Serves the API on `listener` and runs the supervisor until `shutdown` is cancelled (by `kill`), or
+/// `stop_apps` is cancelled (by a signal: every app is stopped first, then the daemon ends).
+pub async fn serve(
+    listener: UnixListener,
+    home: Home,
+    shutdown: CancellationToken,
+    stop_apps: CancellationToken,
+) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::default());
+    let (metrics_tx, metrics_rx) = watch::channel(Arc::new(HashMap::new()));
+    let (cmd_tx, cmd_rx) = mpsc::channel(supervisor::COMMAND_QUEUE);
+
+    let supervisor = Supervisor::new(home.logs_dir(), snapshot_tx, shutdown.clone());
+    let sup_done = shutdown.clone();
+    tracker.spawn(async move {
+        if let Err(e) = supervisor.run(cmd_rx).await {
+            error!(%e, "supervisor failed");
+        }
+        sup_done.cancel();
+    });
+    tracker.spawn(metrics::run(
+        snapshot_rx.clone(),
+        metrics_tx,
+        shutdown.clone(),
+    ));
+
+    // A signal becomes a kill command, so apps are stopped gracefully before the daemon ends.
+    let kill_tx = cmd_tx.clone();
+    let on_stop = shutdown.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            () = stop_apps.cancelled() => {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                if kill_tx.send(Command::Kill { reply }).await.is_ok() {
+                    let _ = rx.await;
+                }
+                on_stop.cancel();
+            }
+            () = on_stop.cancelled() => {}
+        }
+    });
+
+    let state = ApiState {
+        commands: cmd_tx,
+        snapshot: snapshot_rx,
+        metrics: metrics_rx,
+        started: Instant::now(),
+        home: home.dir.clone(),
+    };
+    let listener = PeerCheckedListener {
+        inner: listener,
+        uid: nix::unistd::getuid().as_raw(),
+    };
+    let server_shutdown = shutdown.clone();
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+        .await
+        .context("control socket server failed")?;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+fn announce_ready(detached: bool) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready {}", std::process::id());
+    let _ = out.flush();
+    if detached
+        && let Ok(devnull) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdin(&devnull);
+        let _ = nix::unistd::dup2_stdout(&devnull);
+        let _ = nix::unistd::dup2_stderr(&devnull);
+    }
+}
+
+fn init_tracing(home: &Home) -> anyhow::Result<()> {
+    let path = home.daemon_log();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PM2RS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    Ok(())
+}

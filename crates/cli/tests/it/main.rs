@@ -1,1 +1,14 @@
-//! Integration tests (placeholder).
+//! Integration tests: the real `pm2rs` binary against a real daemon in a temp `PM2RS_HOME`, with real
+//! child processes and signals. Every test owns a [`harness::Pm2rs`] whose drop kills the daemon and
+//! everything it started, even when the test fails.
+//!
+//! # Layout
+//! - `harness`: the per-test environment, CLI runner, polling with deadlines, cleanup guard.
+//! - `daemon`: the daemon and its socket (start on first use, ping, kill, permissions, one per home).
+//! - `apps`: app lifecycle through the CLI (start, list, crash, restart policy, stop, delete, scale).
+//! - `config`: ecosystem files through the CLI (errors change nothing, profiles, JSON).
+
+mod apps;
+mod config;
+mod daemon;
+mod harness;

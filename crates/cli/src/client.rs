@@ -1,0 +1,211 @@
+//! The CLI's connection to the daemon: HTTP/1.1 over the Unix socket, typed requests and replies,
+//! starting the daemon in the background when nobody answers, and the version check.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use pm2rs_proto::{ApiError, ErrorKind, HOME_ENV, SOCKET_FILE, VERSION, VERSION_HEADER};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+/// How long to wait for a freshly started daemon's ready line.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An error the daemon answered with; carries its kind so `main` can choose the exit code.
+#[derive(Debug)]
+pub struct DaemonError(pub ApiError);
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+/// The daemon's home directory: `$PM2RS_HOME`, else the per-user data directory.
+pub fn home_dir() -> anyhow::Result<PathBuf> {
+    if let Some(h) = std::env::var_os(HOME_ENV).filter(|h| !h.is_empty()) {
+        let h = PathBuf::from(h);
+        return Ok(if h.is_absolute() {
+            h
+        } else {
+            std::env::current_dir()?.join(h)
+        });
+    }
+    directories::ProjectDirs::from("", "", "pm2rs")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| anyhow!("cannot find a home directory; set {HOME_ENV}"))
+}
+
+/// A connected client.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    /// Connects to the daemon of `home`, starting it first when nobody answers.
+    pub async fn connect_or_start(home: &Path) -> anyhow::Result<Client> {
+        match Self::connect(home).await? {
+            Some(c) => Ok(c),
+            None => {
+                start_daemon(home)?;
+                Self::connect(home).await?.ok_or_else(|| {
+                    anyhow!(
+                        "the daemon started but its socket does not answer; see {}/pm2rs.log",
+                        home.display()
+                    )
+                })
+            }
+        }
+    }
+
+    /// Connects if a daemon answers; `Ok(None)` when none runs.
+    pub async fn connect(home: &Path) -> anyhow::Result<Option<Client>> {
+        let path = home.join(SOCKET_FILE);
+        let stream = match UnixStream::connect(&path).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot connect to {}", path.display()));
+            }
+        };
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("handshake with the daemon failed")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Some(Client { sender }))
+    }
+
+    /// GET `path` and decode the reply.
+    pub async fn get<R: DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<R> {
+        self.send(Method::GET, path, Bytes::new()).await
+    }
+
+    /// POST `body` as JSON to `path` and decode the reply.
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        let bytes = serde_json::to_vec(body)?;
+        self.send(Method::POST, path, Bytes::from(bytes)).await
+    }
+
+    async fn send<R: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<R> {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "pm2rs")
+            .header("content-type", "application/json")
+            .header(VERSION_HEADER, VERSION)
+            .body(Full::new(body))?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .context("the daemon closed the connection")?;
+        let status = resp.status();
+        let daemon_version = resp
+            .headers()
+            .get(VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            if let Ok(err) = serde_json::from_slice::<ApiError>(&body) {
+                return Err(DaemonError(err).into());
+            }
+            bail!(
+                "the daemon answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        if let Some(v) = daemon_version
+            && v != VERSION
+        {
+            return Err(DaemonError(ApiError {
+                kind: ErrorKind::VersionMismatch,
+                message: format!(
+                    "this pm2rs CLI is version {VERSION} but the running daemon is version {v}; \
+                     run `pm2rs kill`, then retry"
+                ),
+            })
+            .into());
+        }
+        serde_json::from_slice(&body).context("cannot decode the daemon's reply")
+    }
+}
+
+/// Starts `pm2rs daemon --detached` in a new session and waits for its `ready` line (no fixed sleep).
+/// Another CLI racing us to start the same daemon is fine: the loser's daemon reports "already runs"
+/// and we use the winner's.
+fn start_daemon(home: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the pm2rs executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("daemon")
+        .arg("--detached")
+        .env(HOME_ENV, home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the pm2rs daemon")?;
+    let stdout = child.stdout.take().context("daemon stdout")?;
+    let mut stderr = child.stderr.take().context("daemon stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(DAEMON_START_TIMEOUT) {
+        Ok(line) if line.starts_with("ready") => Ok(()),
+        Ok(_) => {
+            // The daemon exited before it was ready: its stderr says why.
+            let mut why = String::new();
+            let _ = stderr.read_to_string(&mut why);
+            let _ = child.wait();
+            if why.contains("already runs") {
+                return Ok(());
+            }
+            bail!("the pm2rs daemon failed to start: {}", why.trim())
+        }
+        Err(_) => bail!(
+            "the pm2rs daemon did not become ready within {}s; see {}",
+            DAEMON_START_TIMEOUT.as_secs(),
+            home.join(pm2rs_proto::DAEMON_LOG_FILE).display()
+        ),
+    }
+}

@@ -1,0 +1,324 @@
+//! One function per CLI command: turn the parsed arguments into a request, send it, print the reply
+//! (a table for humans, JSON with `--json`).
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use pm2rs_config::{LoadOptions, ScriptOptions};
+use pm2rs_proto::{
+    ActionResponse, DescribeResponse, ListResponse, PingResponse, ScaleRequest, ScaleTo,
+    StartRequest, StartResponse, TargetRequest, routes,
+};
+use serde::Serialize;
+
+use crate::client::{self, Client};
+use crate::render::{self, Style};
+use crate::{Cmd, OutputArgs, StartArgs, UsageError};
+
+/// How long `kill` waits for the daemon process to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    let home = client::home_dir()?;
+    match cmd {
+        Cmd::Start(args) => start(&home, args).await,
+        Cmd::Stop(t) => action(&home, routes::STOP, &t.target, t.out, "stopped").await,
+        Cmd::Restart(t) => action(&home, routes::RESTART, &t.target, t.out, "restarted").await,
+        Cmd::Delete(t) => action(&home, routes::DELETE, &t.target, t.out, "deleted").await,
+        Cmd::Scale { name, count, out } => {
+            let to = parse_scale(&count)?;
+            let mut c = Client::connect_or_start(&home).await?;
+            let resp: ActionResponse = c
+                .post(
+                    routes::SCALE,
+                    &ScaleRequest {
+                        name: name.clone(),
+                        to,
+                    },
+                )
+                .await?;
+            if out.json {
+                return print_json(&resp);
+            }
+            say(&format!("scaled {name} ({count})"))?;
+            print_list(&mut c).await
+        }
+        Cmd::List(out) => list(&home, out.json).await,
+        Cmd::Jlist => list(&home, true).await,
+        Cmd::Describe(t) => {
+            let mut c = Client::connect_or_start(&home).await?;
+            let resp: DescribeResponse = c
+                .post(routes::DESCRIBE, &TargetRequest { target: t.target })
+                .await?;
+            if t.out.json {
+                return print_json(&resp.processes);
+            }
+            let style = style();
+            let now = now_us();
+            let text: Vec<String> = resp
+                .processes
+                .iter()
+                .map(|d| render::describe(d, &style, now))
+                .collect();
+            write_out(&text.join("\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ping => {
+            let mut c = Client::connect_or_start(&home).await?;
+            let p: PingResponse = c.get(routes::PING).await?;
+            write_out(&format!(
+                "pong: daemon pid {}, version {}, home {}\n",
+                p.pid,
+                p.version,
+                p.home.display()
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kill => kill(&home).await,
+        Cmd::Daemon { .. } => unreachable_daemon(),
+    }
+}
+
+fn unreachable_daemon() -> anyhow::Result<ExitCode> {
+    Err(UsageError("`pm2rs daemon` is handled before the client starts".into()).into())
+}
+
+async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCode> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let path = std::path::Path::new(&args.what);
+    let apps = if pm2rs_config::is_ecosystem_path(path) {
+        if args.name.is_some()
+            || args.instances.is_some()
+            || args.interpreter.is_some()
+            || !args.args.is_empty()
+        {
+            return Err(UsageError(
+                "--name, -i, --interpreter and script arguments apply to a script, not an ecosystem file; \
+                 set them in the file instead"
+                    .into(),
+            )
+            .into());
+        }
+        pm2rs_config::load_ecosystem(
+            path,
+            &LoadOptions {
+                env_profile: args.env_profile,
+                only: args.only,
+                cpus,
+            },
+        )?
+    } else {
+        if !args.only.is_empty() || args.env_profile.is_some() {
+            return Err(UsageError(
+                "--only and --env apply to an ecosystem file, not a script".into(),
+            )
+            .into());
+        }
+        vec![pm2rs_config::app_from_script(
+            &args.what,
+            &ScriptOptions {
+                name: args.name,
+                instances: args.instances,
+                args: args.args,
+                interpreter: args.interpreter,
+                namespace: args.namespace,
+                cwd: std::env::current_dir().context("cannot read the current directory")?,
+                cpus,
+            },
+        )?]
+    };
+    let mut c = Client::connect_or_start(home).await?;
+    let resp: StartResponse = c.post(routes::START, &StartRequest { apps }).await?;
+    if args.out.json {
+        return print_json(&resp);
+    }
+    let mut lines = Vec::new();
+    for (names, verb) in [
+        (&resp.started, "started"),
+        (&resp.updated, "applied changes to and restarted"),
+        (&resp.restarted, "started again"),
+        (&resp.unchanged, "already running, unchanged:"),
+    ] {
+        for n in names {
+            lines.push(format!("{verb} {n}"));
+        }
+    }
+    say(&lines.join("\n"))?;
+    let failed = resp
+        .processes
+        .iter()
+        .any(|p| p.status == pm2rs_proto::Status::Errored);
+    print_list(&mut c).await?;
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn action(
+    home: &std::path::Path,
+    route: &str,
+    target: &str,
+    out: OutputArgs,
+    verb: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect_or_start(home).await?;
+    let resp: ActionResponse = c
+        .post(
+            route,
+            &TargetRequest {
+                target: target.into(),
+            },
+        )
+        .await?;
+    if out.json {
+        return print_json(&resp);
+    }
+    let ids: Vec<String> = resp.ids.iter().map(u32::to_string).collect();
+    say(&format!("{verb} {target} (id {})", ids.join(", ")))?;
+    print_list(&mut c).await
+}
+
+async fn list(home: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect_or_start(home).await?;
+    if json {
+        let resp: ListResponse = c.get(routes::LIST).await?;
+        return print_json(&resp.processes);
+    }
+    print_list(&mut c).await
+}
+
+async fn print_list(c: &mut Client) -> anyhow::Result<ExitCode> {
+    let resp: ListResponse = c.get(routes::LIST).await?;
+    write_out(&render::process_table(&resp.processes, &style(), now_us()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn kill(home: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let Some(mut c) = Client::connect(home).await? else {
+        say("no daemon is running")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let ping: PingResponse = c.get(routes::PING).await?;
+    let resp: ActionResponse = c.post(routes::KILL, &()).await?;
+    let deadline = Instant::now() + KILL_WAIT;
+    let pid = nix::unistd::Pid::from_raw(ping.pid as i32);
+    while process_alive(pid) {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the daemon (pid {pid}) is still running after {}s",
+                KILL_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    say(&format!(
+        "stopped {} process(es) and the daemon",
+        resp.ids.len()
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Alive and not a zombie (a daemon whose parent does not reap it is gone for our purposes).
+fn process_alive(pid: nix::unistd::Pid) -> bool {
+    if nix::sys::signal::kill(pid, None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn parse_scale(count: &str) -> anyhow::Result<ScaleTo> {
+    let bad = || {
+        UsageError(format!(
+            "invalid instance count `{count}`: use N, +N or -N (e.g. 4, +2, -1)"
+        ))
+    };
+    let to = if let Some(n) = count.strip_prefix('+') {
+        ScaleTo::Delta(n.parse::<i64>().map_err(|_| bad())?)
+    } else if count.starts_with('-') {
+        ScaleTo::Delta(count.parse::<i64>().map_err(|_| bad())?)
+    } else {
+        ScaleTo::Exactly(count.parse::<u32>().map_err(|_| bad())?)
+    };
+    Ok(to)
+}
+
+fn style() -> Style {
+    let stdout = std::io::stdout();
+    let tty = stdout.is_terminal();
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    Style {
+        color: tty && !no_color,
+        width: if tty { terminal_width() } else { None },
+    }
+}
+
+fn terminal_width() -> Option<u16> {
+    if let Some(cols) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return Some(cols);
+    }
+    let mut ws = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct we pass; fd 1 is ours.
+    let rc = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_col > 0).then_some(ws.ws_col)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<ExitCode> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    write_out(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A status line for humans, prefixed like PM2's `[PM2]`.
+fn say(line: &str) -> std::io::Result<()> {
+    if line.is_empty() {
+        return Ok(());
+    }
+    let prefixed: Vec<String> = line.lines().map(|l| format!("[pm2rs] {l}\n")).collect();
+    write_out(&prefixed.concat())
+}
+
+/// Writes to stdout; a broken pipe surfaces as an `io::Error` that `main` treats as success.
+fn write_out(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    if !text.ends_with('\n') {
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_counts_parse() {
+        assert_eq!(parse_scale("4").unwrap(), ScaleTo::Exactly(4));
+        assert_eq!(parse_scale("+2").unwrap(), ScaleTo::Delta(2));
+        assert_eq!(parse_scale("-1").unwrap(), ScaleTo::Delta(-1));
+        assert!(parse_scale("four").is_err());
+        assert!(parse_scale("+").is_err());
+    }
+}

@@ -1,0 +1,1120 @@
+//! Human-readable rendering of daemon replies: the `pm2rs list` table, the `pm2rs describe` sheet,
+//! and the small formatters they share (uptime, bytes, CPU, durations).
+//!
+//! Everything here is a pure function of its arguments. No I/O happens in this module: the caller
+//! measures the terminal, decides whether colour is wanted (`NO_COLOR`, isatty) and reads the clock,
+//! then passes all of that in through [`Style`] and `now_us`.
+//!
+//! Guarantees:
+//! - With `style.color == false` the output contains no escape byte (0x1b), not even from text sent
+//!   by the daemon: control characters in names, reasons, paths… are shown escaped (`\u{1b}`, `\n`).
+//! - With `style.width == Some(w)` every line of the process table, of the errored-reason notes and
+//!   of the describe sheet fits in `w` display columns for any realistic `w` (tested down to 24;
+//!   below about 20 it is best effort, cells wrap). With `None` nothing is truncated or dropped.
+//! - Returned strings have no trailing newline; print them with `println!`.
+
+use std::borrow::Cow;
+
+use comfy_table::{
+    Attribute, Cell, Color, ContentArrangement, ContentLineStyle, LineStyle, Table, TableStyle,
+};
+use pm2rs_proto::{Described, ProcessInfo, Status};
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
+/// How to render: the caller decides both fields from the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// Emit ANSI colours (the caller honours `NO_COLOR` and checks isatty).
+    pub color: bool,
+    /// Terminal width in columns; `None` = not a terminal: no truncation, all columns.
+    pub width: Option<u16>,
+}
+
+/// PM2's look: single-line box drawing with a plain separator under the header.
+const PM2_STYLE: TableStyle = TableStyle::new()
+    .top_border(LineStyle::new('┌', '─', '┬', '┐'))
+    .header_lines(ContentLineStyle::new('│', '│', '│'))
+    .header_separator(LineStyle::new('├', '─', '┼', '┤'))
+    .content_lines(ContentLineStyle::new('│', '│', '│'))
+    .bottom_border(LineStyle::new('└', '─', '┴', '┘'));
+
+/// Narrowest a name is ever truncated to (in display columns, including the `…`).
+const MIN_NAME_WIDTH: usize = 4;
+
+/// Hand-written SGR codes for the lines that are not table cells.
+const RED_BOLD: &str = "\x1b[1;31m";
+const RESET: &str = "\x1b[0m";
+
+/// Columns of the process table, in display order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Col {
+    Id,
+    Name,
+    Namespace,
+    Mode,
+    Pid,
+    Uptime,
+    Restarts,
+    Status,
+    Cpu,
+    Mem,
+    User,
+}
+
+const ALL_COLS: [Col; 11] = [
+    Col::Id,
+    Col::Name,
+    Col::Namespace,
+    Col::Mode,
+    Col::Pid,
+    Col::Uptime,
+    Col::Restarts,
+    Col::Status,
+    Col::Cpu,
+    Col::Mem,
+    Col::User,
+];
+
+/// Columns dropped, in this order, until the table fits. Id, name and status always stay.
+const DROP_ORDER: [Col; 8] = [
+    Col::User,
+    Col::Namespace,
+    Col::Mode,
+    Col::Cpu,
+    Col::Pid,
+    Col::Restarts,
+    Col::Mem,
+    Col::Uptime,
+];
+
+impl Col {
+    fn header(self) -> &'static str {
+        match self {
+            Col::Id => "id",
+            Col::Name => "name",
+            Col::Namespace => "namespace",
+            Col::Mode => "mode",
+            Col::Pid => "pid",
+            Col::Uptime => "uptime",
+            Col::Restarts => "↺",
+            Col::Status => "status",
+            Col::Cpu => "cpu",
+            Col::Mem => "mem",
+            Col::User => "user",
+        }
+    }
+
+    fn cell(self, p: &ProcessInfo, now_us: u64) -> String {
+        match self {
+            Col::Id => p.id.to_string(),
+            Col::Name => clean(&p.name).into_owned(),
+            Col::Namespace => clean(&p.namespace).into_owned(),
+            Col::Mode => p.exec_mode.to_string(),
+            Col::Pid => p.pid.map_or_else(|| "-".to_string(), |pid| pid.to_string()),
+            Col::Uptime => uptime_of(p, now_us),
+            Col::Restarts => p.restarts.to_string(),
+            Col::Status => p.status.as_str().to_string(),
+            Col::Cpu => p.cpu_percent.map_or_else(|| "-".to_string(), format_cpu),
+            Col::Mem => p.memory_bytes.map_or_else(|| "-".to_string(), format_bytes),
+            Col::User => p
+                .user
+                .as_deref()
+                .map_or_else(|| "-".to_string(), |u| clean(u).into_owned()),
+        }
+    }
+}
+
+/// The `pm2rs list` output: a PM2-style table, then one note per errored app that has a reason.
+///
+/// Uptime is shown only for instances that are online or launching with a start time; others show
+/// `0`. Missing pid, CPU, memory or user show `-`. With `style.width` set, columns are dropped
+/// (user, namespace, mode, cpu, pid, ↺, mem, uptime — in that order) until the table fits, then
+/// names are truncated with `…`. An empty list gives a one-line hint instead of a table.
+pub fn process_table(procs: &[ProcessInfo], style: &Style, now_us: u64) -> String {
+    if procs.is_empty() {
+        return "No apps. Start one with `pm2rs start <ecosystem.toml|script>`.".to_string();
+    }
+    let rows: Vec<(Status, Vec<String>)> = procs
+        .iter()
+        .map(|p| {
+            (
+                p.status,
+                ALL_COLS.iter().map(|c| c.cell(p, now_us)).collect(),
+            )
+        })
+        .collect();
+
+    let mut cols: Vec<Col> = ALL_COLS.to_vec();
+    let mut name_max: Option<usize> = None;
+    let mut out = match style.width {
+        None => list_table(&rows, &cols, None, style.color, None).to_string(),
+        Some(width) => {
+            let width = usize::from(width);
+            let fits = |cols: &[Col], name_max: Option<usize>| {
+                max_line_width(&list_table(&rows, cols, name_max, false, None).to_string()) <= width
+            };
+            for drop in DROP_ORDER {
+                if fits(&cols, None) {
+                    break;
+                }
+                cols.retain(|c| *c != drop);
+            }
+            let mut fallback = None;
+            if !fits(&cols, None) {
+                let plain = list_table(&rows, &cols, None, false, None).to_string();
+                let excess = max_line_width(&plain) - width;
+                let name_width = rows
+                    .iter()
+                    .map(|(_, cells)| cells[1].width())
+                    .chain([Col::Name.header().width()])
+                    .max()
+                    .unwrap_or(0);
+                name_max = Some(name_width.saturating_sub(excess).max(MIN_NAME_WIDTH));
+                if !fits(&cols, name_max) {
+                    // A very narrow terminal: let comfy-table wrap cells as a last resort.
+                    fallback = u16::try_from(width).ok();
+                }
+            }
+            list_table(&rows, &cols, name_max, style.color, fallback).to_string()
+        }
+    };
+
+    for p in procs.iter().filter(|p| p.status == Status::Errored) {
+        let Some(reason) = p.reason.as_deref() else {
+            continue;
+        };
+        let name = clean(&p.name);
+        let prefix = format!("{name} (id {}): ", p.id);
+        let text = format!("{prefix}errored — {}", clean(reason));
+        for (i, line) in wrap(&text, style.width.map(usize::from), "", "  ")
+            .into_iter()
+            .enumerate()
+        {
+            out.push('\n');
+            if i == 0 && style.color {
+                // Only the word "errored" is coloured; it is on the first line unless the name is
+                // absurdly long, in which case the line is left plain.
+                match line.strip_prefix(prefix.as_str()) {
+                    Some(rest) if rest.starts_with("errored") => {
+                        out.push_str(&prefix);
+                        out.push_str(RED_BOLD);
+                        out.push_str("errored");
+                        out.push_str(RESET);
+                        out.push_str(&rest["errored".len()..]);
+                    }
+                    _ => out.push_str(&line),
+                }
+            } else {
+                out.push_str(&line);
+            }
+        }
+    }
+    out
+}
+
+/// Builds the list table with the given columns; `name_max` truncates names, `dynamic` lets
+/// comfy-table wrap cells to that width.
+fn list_table(
+    rows: &[(Status, Vec<String>)],
+    cols: &[Col],
+    name_max: Option<usize>,
+    color: bool,
+    dynamic: Option<u16>,
+) -> Table {
+    let mut table = new_table(color, dynamic);
+    table.set_header(cols.iter().map(|c| {
+        let cell = Cell::new(c.header());
+        if color {
+            cell.fg(Color::Cyan).add_attribute(Attribute::Bold)
+        } else {
+            cell
+        }
+    }));
+    for (status, cells) in rows {
+        table.add_row(cols.iter().map(|c| {
+            let idx = ALL_COLS.iter().position(|x| x == c).unwrap_or(0);
+            let text = &cells[idx];
+            match c {
+                Col::Name => Cell::new(truncate(text, name_max)),
+                Col::Status => status_cell(*status, color),
+                _ => Cell::new(text),
+            }
+        }));
+    }
+    table
+}
+
+fn new_table(color: bool, dynamic: Option<u16>) -> Table {
+    let mut table = Table::new();
+    table.load_style(PM2_STYLE).force_no_tty();
+    if color {
+        table.enforce_styling();
+    }
+    match dynamic {
+        Some(width) => {
+            table
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(width);
+        }
+        None => {
+            table.set_content_arrangement(ContentArrangement::Disabled);
+        }
+    }
+    table
+}
+
+fn status_cell(status: Status, color: bool) -> Cell {
+    let cell = Cell::new(status.as_str());
+    if !color {
+        return cell;
+    }
+    match status {
+        Status::Online => cell.fg(Color::Green),
+        Status::Launching | Status::Stopping | Status::WaitingRestart => cell.fg(Color::Yellow),
+        Status::Errored => cell.fg(Color::Red).add_attribute(Attribute::Bold),
+        Status::Stopped => cell.fg(Color::DarkGrey),
+    }
+}
+
+/// Uptime cell: only while the instance is running and has a start time.
+fn uptime_of(p: &ProcessInfo, now_us: u64) -> String {
+    match (p.status, p.started_at_us) {
+        (Status::Online | Status::Launching, Some(started)) => {
+            format_uptime(now_us.saturating_sub(started) / 1000)
+        }
+        _ => "0".to_string(),
+    }
+}
+
+/// The `pm2rs describe` output for one instance: a title line, a two-column key/value table, and
+/// the env variable *names* (values may be secrets; `--json` shows them).
+pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
+    let p = &d.process;
+    let s = &d.spec;
+    let dash = || "-".to_string();
+    let opt = |o: Option<&str>| o.map_or_else(dash, |v| clean(v).into_owned());
+    let path = |p: &std::path::Path| clean(&p.display().to_string()).into_owned();
+
+    let interpreter = match &s.interpreter {
+        None => dash(),
+        Some(i) => {
+            let mut words = vec![i.clone()];
+            words.extend(s.interpreter_args.iter().cloned());
+            shell_join(&words)
+        }
+    };
+    let started = p.started_at_us.map_or_else(dash, |us| {
+        let ago = format_uptime(now_us.saturating_sub(us) / 1000);
+        format!("{} ({ago} ago)", format_timestamp_utc(us))
+    });
+    let stop_codes = if s.stop_exit_codes.is_empty() {
+        dash()
+    } else {
+        s.stop_exit_codes
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let rows: Vec<(&str, String)> = vec![
+        ("status", p.status.as_str().to_string()),
+        ("name", clean(&p.name).into_owned()),
+        ("namespace", clean(&p.namespace).into_owned()),
+        ("id", p.id.to_string()),
+        ("instance", p.instance.to_string()),
+        ("pid", p.pid.map_or_else(dash, |v| v.to_string())),
+        ("script path", path(&s.script)),
+        (
+            "args",
+            if s.args.is_empty() {
+                dash()
+            } else {
+                shell_join(&s.args)
+            },
+        ),
+        ("interpreter", interpreter),
+        ("cwd", path(&s.cwd)),
+        ("exec mode", p.exec_mode.to_string()),
+        ("instances", s.instances.to_string()),
+        ("restarts", p.restarts.to_string()),
+        ("unstable restarts", p.unstable_restarts.to_string()),
+        ("uptime", uptime_of(p, now_us)),
+        ("started at", started),
+        ("last exit", opt(p.last_exit.as_deref())),
+        ("reason", opt(p.reason.as_deref())),
+        ("autorestart", s.autorestart.to_string()),
+        ("max_restarts", s.max_restarts.to_string()),
+        ("min_uptime", format_duration(s.min_uptime_ms)),
+        ("restart_delay", format_duration(s.restart_delay_ms)),
+        (
+            "exp_backoff",
+            s.exp_backoff_restart_delay_ms
+                .map_or_else(|| "off".to_string(), format_duration),
+        ),
+        ("stop_exit_codes", stop_codes),
+        ("kill_signal", clean(&s.kill_signal).into_owned()),
+        ("kill_timeout", format_duration(s.kill_timeout_ms)),
+        ("out log path", path(&d.out_log)),
+        ("error log path", path(&d.err_log)),
+        ("source file", s.source.as_deref().map_or_else(dash, path)),
+    ];
+
+    let mut table = new_table(style.color, style.width);
+    for (key, value) in rows {
+        let key_cell = Cell::new(key);
+        let key_cell = if style.color {
+            key_cell.add_attribute(Attribute::Bold)
+        } else {
+            key_cell
+        };
+        let value_cell = if key == "status" {
+            status_cell(p.status, style.color)
+        } else {
+            Cell::new(value)
+        };
+        table.add_row(vec![key_cell, value_cell]);
+    }
+
+    let width = style.width.map(usize::from);
+    let title = format!("Describing {} (id {})", clean(&p.name), p.id);
+    let mut out = wrap(&title, width, "", "  ").join("\n");
+    out.push('\n');
+    out.push_str(&table.to_string());
+    out.push_str("\n\nenv (values hidden; use --json)\n");
+    let keys: Vec<Cow<'_, str>> = s.env.keys().map(|k| clean(k)).collect();
+    let env_line = if keys.is_empty() {
+        "(none)".to_string()
+    } else {
+        keys.join(", ")
+    };
+    out.push_str(&wrap(&env_line, width, "  ", "  ").join("\n"));
+    out
+}
+
+/// PM2-like uptime: whole seconds, minutes, hours or days (`0s`, `45s`, `12m`, `3h`, `5D`).
+pub fn format_uptime(ms: u64) -> String {
+    let secs = ms / 1000;
+    if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m", secs / 60)
+    } else if secs < 86_400 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}D", secs / 86_400)
+    }
+}
+
+/// PM2-like memory size with binary units: `0b`, `512b`, `812.0kb`, `12.3mb`, `1.2gb`, `1.0tb`.
+pub fn format_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["kb", "mb", "gb", "tb"];
+    if b < 1024 {
+        return format!("{b}b");
+    }
+    let mut value = b as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
+/// CPU percent with at most one decimal, and none when it is whole: `0%`, `3%`, `12.5%`.
+/// Negative or non-finite samples show as `0%`.
+pub fn format_cpu(p: f32) -> String {
+    if !p.is_finite() || p <= 0.0 {
+        return "0%".to_string();
+    }
+    let tenths = (f64::from(p) * 10.0).round() as u64;
+    match (tenths / 10, tenths % 10) {
+        (whole, 0) => format!("{whole}%"),
+        (whole, tenth) => format!("{whole}.{tenth}%"),
+    }
+}
+
+/// A configured duration: `0ms`, `500ms`, `1.6s`, `10s`, `2m`, `1h`; exact (never rounded).
+fn format_duration(ms: u64) -> String {
+    // (`% d == 0` is spelled out as a match: `is_multiple_of` is newer than the MSRV, 1.85.)
+    match (ms % 3_600_000, ms % 60_000, ms % 1000) {
+        _ if ms < 1000 => format!("{ms}ms"),
+        (0, _, _) => format!("{}h", ms / 3_600_000),
+        (_, 0, _) => format!("{}m", ms / 60_000),
+        (_, _, 0) => format!("{}s", ms / 1000),
+        (_, _, frac) => format!(
+            "{}.{}s",
+            ms / 1000,
+            format!("{frac:03}").trim_end_matches('0')
+        ),
+    }
+}
+
+/// `YYYY-MM-DD hh:mm:ss UTC` from Unix microseconds (no time zone database needed).
+fn format_timestamp_utc(us: u64) -> String {
+    let secs = us / 1_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Joins words for display, single-quoting those a shell would split or interpret.
+fn shell_join(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            let safe = !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_alphanumeric() || "-_./=:,+@%^".contains(c));
+            if safe {
+                clean(w).into_owned()
+            } else {
+                format!("'{}'", clean(&w.replace('\'', r"'\''")))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Makes text from the daemon safe to print: control characters (ESC, newlines…) are escaped.
+fn clean(s: &str) -> Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        Cow::Owned(
+            s.chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// Truncates to `max` display columns, ending with `…` when something was cut.
+fn truncate(s: &str, max: Option<usize>) -> String {
+    let Some(max) = max else {
+        return s.to_string();
+    };
+    if s.width() <= max {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > max {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
+/// Word-wraps `text` to `width` display columns. The first line starts with `first`, continuation
+/// lines with `indent`; words longer than a line are split. `None` returns one line.
+fn wrap(text: &str, width: Option<usize>, first: &str, indent: &str) -> Vec<String> {
+    let Some(width) = width else {
+        return vec![format!("{first}{text}")];
+    };
+    let width = width.max(first.width() + 1).max(indent.width() + 1);
+    let mut lines = Vec::new();
+    let mut line = first.to_string();
+    let mut used = first.width();
+    let mut at_start = true;
+    for word in text.split(' ') {
+        let ww = word.width();
+        let sep = usize::from(!at_start);
+        if used + sep + ww <= width {
+            if sep == 1 {
+                line.push(' ');
+            }
+            line.push_str(word);
+            used += sep + ww;
+            at_start = false;
+            continue;
+        }
+        if !at_start {
+            lines.push(std::mem::take(&mut line));
+            line.push_str(indent);
+            used = indent.width();
+        }
+        for c in word.chars() {
+            let cw = c.width().unwrap_or(0);
+            if used + cw > width {
+                lines.push(std::mem::take(&mut line));
+                line.push_str(indent);
+                used = indent.width();
+            }
+            line.push(c);
+            used += cw;
+        }
+        at_start = false;
+    }
+    lines.push(line);
+    lines
+}
+
+fn max_line_width(text: &str) -> usize {
+    text.lines().map(UnicodeWidthStr::width).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use pm2rs_proto::{AppSpec, ExecMode};
+
+    use super::*;
+
+    const NOW_US: u64 = 1_700_000_000_000_000;
+
+    fn proc_info(id: u32, name: &str, status: Status) -> ProcessInfo {
+        let running = matches!(status, Status::Online | Status::Launching);
+        ProcessInfo {
+            id,
+            name: name.to_string(),
+            namespace: "production".to_string(),
+            instance: 0,
+            exec_mode: [ExecMode::Cluster, ExecMode::Fork][id as usize % 2],
+            pid: running.then_some(400_000 + id),
+            status,
+            restarts: id * 7,
+            unstable_restarts: 0,
+            started_at_us: running.then_some(NOW_US - 3_723_000_000),
+            cpu_percent: running.then_some(12.5),
+            memory_bytes: running.then_some(123_456_789),
+            user: Some("deploy".to_string()),
+            reason: (status == Status::Errored).then(|| "too many unstable restarts".to_string()),
+            last_exit: None,
+        }
+    }
+
+    const STATUSES: [Status; 6] = [
+        Status::Launching,
+        Status::Online,
+        Status::Stopping,
+        Status::Stopped,
+        Status::WaitingRestart,
+        Status::Errored,
+    ];
+
+    fn twenty() -> Vec<ProcessInfo> {
+        (0..20)
+            .map(|i| {
+                proc_info(
+                    i,
+                    &format!("billing-worker-{i:02}"),
+                    STATUSES[i as usize % 6],
+                )
+            })
+            .collect()
+    }
+
+    fn spec() -> AppSpec {
+        AppSpec {
+            name: "api".into(),
+            namespace: "default".into(),
+            script: "/srv/app/bin/api-server".into(),
+            args: vec!["--port".into(), "8080".into(), "hello world".into()],
+            interpreter: Some("python3".into()),
+            interpreter_args: vec!["-u".into()],
+            cwd: "/srv/app".into(),
+            env: BTreeMap::from([
+                (
+                    "DATABASE_URL".to_string(),
+                    "postgres://u:hunter2@db".to_string(),
+                ),
+                ("TOKEN".to_string(), "s3cret-value".to_string()),
+            ]),
+            instances: 2,
+            exec_mode: ExecMode::Fork,
+            autorestart: true,
+            max_restarts: 16,
+            min_uptime_ms: 1000,
+            restart_delay_ms: 500,
+            exp_backoff_restart_delay_ms: Some(100),
+            stop_exit_codes: vec![0, 3],
+            kill_signal: "SIGINT".into(),
+            kill_timeout_ms: 1600,
+            source: Some("/srv/app/ecosystem.toml".into()),
+        }
+    }
+
+    fn described() -> Described {
+        let mut p = proc_info(3, "api", Status::Online);
+        p.namespace = "default".into();
+        Described {
+            process: p,
+            spec: spec(),
+            out_log: "/home/deploy/.pm2rs/logs/api-out-3.log".into(),
+            err_log: "/home/deploy/.pm2rs/logs/api-error-3.log".into(),
+        }
+    }
+
+    const PLAIN80: Style = Style {
+        color: false,
+        width: Some(80),
+    };
+    const PLAIN_WIDE: Style = Style {
+        color: false,
+        width: None,
+    };
+
+    fn assert_fits(text: &str, width: usize) {
+        for line in text.lines() {
+            assert!(
+                line.width() <= width,
+                "line of width {} exceeds {width}: {line:?}\n{text}",
+                line.width()
+            );
+        }
+    }
+
+    fn header_line(text: &str) -> &str {
+        text.lines().nth(1).expect("table has a header line")
+    }
+
+    #[test]
+    fn twenty_processes_fit_in_80_columns() {
+        let out = process_table(&twenty(), &PLAIN80, NOW_US);
+        assert_fits(&out, 80);
+        let header = header_line(&out);
+        for kept in ["id", "name", "status"] {
+            assert!(header.contains(kept), "{kept} dropped:\n{out}");
+        }
+        // Names of this length fit without truncation once low-priority columns are gone.
+        assert!(out.contains("billing-worker-19"), "{out}");
+        assert!(!out.contains('…'), "{out}");
+        // Every status shows up.
+        for s in STATUSES {
+            assert!(out.contains(s.as_str()), "{s} missing:\n{out}");
+        }
+    }
+
+    #[test]
+    fn columns_are_dropped_in_priority_order() {
+        let out = process_table(&twenty(), &PLAIN80, NOW_US);
+        let header: Vec<&str> = header_line(&out)
+            .split('│')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        // user, namespace, mode and cpu went first; the rest keep their order.
+        assert_eq!(
+            header,
+            ["id", "name", "pid", "uptime", "↺", "status", "mem"],
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn colored_table_fits_too() {
+        let style = Style {
+            color: true,
+            width: Some(80),
+        };
+        let out = process_table(&twenty(), &style, NOW_US);
+        let stripped = strip_ansi(&out);
+        assert_fits(&stripped, 80);
+    }
+
+    #[test]
+    fn long_names_are_truncated_with_ellipsis() {
+        let long = "a-really-long-application-name-that-goes-on-and-on-and-on-forever-and-ever";
+        let procs = vec![proc_info(0, long, Status::Online)];
+        let out = process_table(&procs, &PLAIN80, NOW_US);
+        assert_fits(&out, 80);
+        assert!(out.contains('…'), "{out}");
+        assert!(!out.contains(long), "{out}");
+        let header = header_line(&out);
+        for kept in ["id", "name", "status"] {
+            assert!(header.contains(kept), "{kept} dropped:\n{out}");
+        }
+    }
+
+    #[test]
+    fn narrow_terminal_still_fits() {
+        let style = Style {
+            color: false,
+            width: Some(40),
+        };
+        let out = process_table(&twenty(), &style, NOW_US);
+        assert_fits(&out, 40);
+    }
+
+    #[test]
+    fn tiny_terminal_wraps_cells_as_a_last_resort() {
+        let style = Style {
+            color: false,
+            width: Some(24),
+        };
+        let out = process_table(&twenty(), &style, NOW_US);
+        assert_fits(&out, 24);
+        assert!(out.contains("bil…"), "{out}");
+    }
+
+    #[test]
+    fn wide_names_count_display_columns() {
+        let procs = vec![proc_info(
+            0,
+            "サービス-ワーカー-日本語の名前-とても長い",
+            Status::Online,
+        )];
+        let style = Style {
+            color: false,
+            width: Some(40),
+        };
+        let out = process_table(&procs, &style, NOW_US);
+        assert_fits(&out, 40);
+    }
+
+    #[test]
+    fn no_width_shows_all_columns_untruncated() {
+        let long = "a-really-long-application-name-that-goes-on-and-on-and-on-forever-and-ever";
+        let mut procs = twenty();
+        procs.push(proc_info(20, long, Status::Online));
+        let out = process_table(&procs, &PLAIN_WIDE, NOW_US);
+        let header: Vec<&str> = header_line(&out)
+            .split('│')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "id",
+                "name",
+                "namespace",
+                "mode",
+                "pid",
+                "uptime",
+                "↺",
+                "status",
+                "cpu",
+                "mem",
+                "user"
+            ]
+        );
+        assert!(out.contains(long));
+        assert!(!out.contains('…'));
+    }
+
+    #[test]
+    fn row_values_are_formatted() {
+        let procs = vec![
+            proc_info(1, "api", Status::Online),
+            proc_info(2, "job", Status::Stopped),
+        ];
+        let out = process_table(&procs, &PLAIN_WIDE, NOW_US);
+        let api = out.lines().find(|l| l.contains("api")).unwrap();
+        let cells: Vec<&str> = api.split('│').map(str::trim).collect();
+        // ["", id, name, namespace, mode, pid, uptime, ↺, status, cpu, mem, user, ""]
+        assert_eq!(
+            &cells[1..12],
+            [
+                "1",
+                "api",
+                "production",
+                "fork",
+                "400001",
+                "1h",
+                "7",
+                "online",
+                "12.5%",
+                "117.7mb",
+                "deploy"
+            ]
+        );
+        let job = out.lines().find(|l| l.contains("job")).unwrap();
+        let cells: Vec<&str> = job.split('│').map(str::trim).collect();
+        assert_eq!(cells[5], "-", "pid of a stopped app");
+        assert_eq!(cells[6], "0", "uptime of a stopped app");
+    }
+
+    #[test]
+    fn uptime_is_zero_when_stopped_even_with_a_start_time() {
+        let mut p = proc_info(1, "api", Status::Stopped);
+        p.started_at_us = Some(NOW_US - 60_000_000);
+        assert_eq!(uptime_of(&p, NOW_US), "0");
+        p.status = Status::Online;
+        assert_eq!(uptime_of(&p, NOW_US), "1m");
+    }
+
+    #[test]
+    fn empty_list_is_a_friendly_line() {
+        let out = process_table(&[], &PLAIN80, NOW_US);
+        assert!(out.contains("pm2rs start"), "{out}");
+        assert!(!out.contains('│'));
+        assert_eq!(out.lines().count(), 1);
+    }
+
+    #[test]
+    fn no_escape_bytes_without_color() {
+        let mut procs = twenty();
+        procs[0].name = "evil\x1b[31mname".into();
+        procs[5].reason = Some("spawn failed:\x1b[2J\nsecond line".into());
+        let out = process_table(&procs, &PLAIN80, NOW_US);
+        assert!(!out.contains('\x1b'), "{out:?}");
+        assert!(out.contains(r"\u{1b}"), "{out}");
+        let wide = process_table(&procs, &PLAIN_WIDE, NOW_US);
+        assert!(!wide.contains('\x1b'));
+        let d = describe(&described(), &PLAIN80, NOW_US);
+        assert!(!d.contains('\x1b'));
+    }
+
+    #[test]
+    fn escapes_present_with_color() {
+        let style = Style {
+            color: true,
+            width: Some(120),
+        };
+        let out = process_table(&twenty(), &style, NOW_US);
+        assert!(out.contains('\x1b'), "{out}");
+        assert!(out.contains(&format!("{RED_BOLD}errored{RESET}")), "{out}");
+        let d = describe(&described(), &style, NOW_US);
+        assert!(d.contains('\x1b'));
+    }
+
+    #[test]
+    fn status_colors() {
+        let style = Style {
+            color: true,
+            width: None,
+        };
+        let online = process_table(&[proc_info(0, "a", Status::Online)], &style, NOW_US);
+        assert!(
+            online.contains("\x1b[38;5;10m") || online.contains("\x1b[32m"),
+            "{online:?}"
+        );
+        let errored = process_table(&[proc_info(0, "a", Status::Errored)], &style, NOW_US);
+        assert!(errored.contains("\x1b[1m"), "bold: {errored:?}");
+    }
+
+    #[test]
+    fn errored_reason_lines() {
+        let out = process_table(&twenty(), &PLAIN80, NOW_US);
+        let notes: Vec<&str> = out.lines().filter(|l| l.contains(": errored — ")).collect();
+        // Ids 5, 11 and 17 are errored.
+        assert_eq!(
+            notes,
+            [
+                "billing-worker-05 (id 5): errored — too many unstable restarts",
+                "billing-worker-11 (id 11): errored — too many unstable restarts",
+                "billing-worker-17 (id 17): errored — too many unstable restarts",
+            ]
+        );
+        // After the table.
+        let last_border = out.lines().position(|l| l.starts_with('└')).unwrap();
+        let first_note = out.lines().position(|l| l.contains("errored —")).unwrap();
+        assert!(first_note > last_border);
+        // Errored without a reason: no note.
+        let mut p = proc_info(3, "api", Status::Errored);
+        p.reason = None;
+        assert!(!process_table(&[p], &PLAIN80, NOW_US).contains('—'));
+    }
+
+    #[test]
+    fn long_reason_wraps_within_width() {
+        let mut p = proc_info(3, "api", Status::Errored);
+        let reason = "could not spawn /srv/app/bin/some-very-long-binary-name-here: No such file or directory (os error 2); check the script path in /srv/app/ecosystem.toml";
+        p.reason = Some(reason.into());
+        let out = process_table(&[p], &PLAIN80, NOW_US);
+        assert_fits(&out, 80);
+        let joined: String = out
+            .lines()
+            .skip_while(|l| !l.starts_with("api (id 3)"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains(reason), "{out}");
+    }
+
+    #[test]
+    fn format_uptime_cases() {
+        assert_eq!(format_uptime(0), "0s");
+        assert_eq!(format_uptime(999), "0s");
+        assert_eq!(format_uptime(45_000), "45s");
+        assert_eq!(format_uptime(59_999), "59s");
+        assert_eq!(format_uptime(60_000), "1m");
+        assert_eq!(format_uptime(12 * 60_000 + 5_000), "12m");
+        assert_eq!(format_uptime(3 * 3_600_000 + 1), "3h");
+        assert_eq!(format_uptime(86_399_999), "23h");
+        assert_eq!(format_uptime(5 * 86_400_000), "5D");
+    }
+
+    #[test]
+    fn format_bytes_cases() {
+        assert_eq!(format_bytes(0), "0b");
+        assert_eq!(format_bytes(1023), "1023b");
+        assert_eq!(format_bytes(1024), "1.0kb");
+        assert_eq!(format_bytes(812 * 1024), "812.0kb");
+        assert_eq!(format_bytes(12_897_485), "12.3mb");
+        assert_eq!(format_bytes(1_288_490_189), "1.2gb");
+        assert_eq!(format_bytes(1024u64.pow(4)), "1.0tb");
+        assert_eq!(format_bytes(u64::MAX), "16777216.0tb");
+    }
+
+    #[test]
+    fn format_cpu_cases() {
+        assert_eq!(format_cpu(0.0), "0%");
+        assert_eq!(format_cpu(12.5), "12.5%");
+        assert_eq!(format_cpu(3.0), "3%");
+        assert_eq!(format_cpu(12.46), "12.5%");
+        assert_eq!(format_cpu(0.04), "0%");
+        assert_eq!(format_cpu(250.0), "250%");
+        assert_eq!(format_cpu(-1.0), "0%");
+        assert_eq!(format_cpu(f32::NAN), "0%");
+    }
+
+    #[test]
+    fn format_duration_cases() {
+        assert_eq!(format_duration(0), "0ms");
+        assert_eq!(format_duration(500), "500ms");
+        assert_eq!(format_duration(1600), "1.6s");
+        assert_eq!(format_duration(1650), "1.65s");
+        assert_eq!(format_duration(1001), "1.001s");
+        assert_eq!(format_duration(10_000), "10s");
+        assert_eq!(format_duration(90_000), "90s");
+        assert_eq!(format_duration(120_000), "2m");
+        assert_eq!(format_duration(3_600_000), "1h");
+    }
+
+    #[test]
+    fn timestamps_are_utc_dates() {
+        assert_eq!(format_timestamp_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_timestamp_utc(NOW_US), "2023-11-14 22:13:20 UTC");
+        assert_eq!(
+            format_timestamp_utc(951_782_400_000_000),
+            "2000-02-29 00:00:00 UTC"
+        );
+    }
+
+    #[test]
+    fn describe_shows_spec_and_hides_env_values() {
+        let out = describe(&described(), &PLAIN80, NOW_US);
+        assert_fits(&out, 80);
+        for needle in [
+            "/srv/app/bin/api-server",
+            "--port 8080 'hello world'",
+            "python3 -u",
+            "/srv/app/ecosystem.toml",
+            "api-out-3.log",
+            "api-error-3.log",
+            "1.6s",
+            "500ms",
+            "100ms",
+            "0, 3",
+            "SIGINT",
+            "online",
+            "unstable restarts",
+            "2023-11-14 21:11:17 UTC (1h ago)",
+            "env (values hidden; use --json)",
+            "DATABASE_URL, TOKEN",
+        ] {
+            assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+        }
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(!out.contains("s3cret-value"), "{out}");
+    }
+
+    #[test]
+    fn describe_key_value_rows() {
+        let out = describe(&described(), &PLAIN_WIDE, NOW_US);
+        let row = |key: &str| -> String {
+            out.lines()
+                .find_map(|l| {
+                    let cells: Vec<&str> = l.split('│').map(str::trim).collect();
+                    (cells.len() == 4 && cells[1] == key).then(|| cells[2].to_string())
+                })
+                .unwrap_or_else(|| panic!("no row {key}:\n{out}"))
+        };
+        assert_eq!(row("status"), "online");
+        assert_eq!(row("id"), "3");
+        assert_eq!(row("pid"), "400003");
+        assert_eq!(row("uptime"), "1h");
+        assert_eq!(row("min_uptime"), "1s");
+        assert_eq!(row("kill_timeout"), "1.6s");
+        assert_eq!(row("exp_backoff"), "100ms");
+        assert_eq!(row("last exit"), "-");
+        assert_eq!(row("cwd"), "/srv/app");
+    }
+
+    #[test]
+    fn describe_wraps_long_paths_at_80() {
+        let mut d = described();
+        d.spec.script = format!("/srv/{}/server.py", "deeply-nested-directory/".repeat(8)).into();
+        d.spec.env = (0..40)
+            .map(|i| (format!("SOME_ENV_VARIABLE_{i}"), "v".to_string()))
+            .collect();
+        let out = describe(&d, &PLAIN80, NOW_US);
+        assert_fits(&out, 80);
+        let wide = describe(&d, &PLAIN_WIDE, NOW_US);
+        assert!(wide.contains(&d.spec.script.display().to_string()));
+    }
+
+    #[test]
+    fn describe_without_env_or_optionals() {
+        let mut d = described();
+        d.spec.env.clear();
+        d.spec.interpreter = None;
+        d.spec.source = None;
+        d.spec.exp_backoff_restart_delay_ms = None;
+        let out = describe(&d, &PLAIN80, NOW_US);
+        assert!(out.contains("(none)"), "{out}");
+        assert!(out.contains("off"), "{out}");
+    }
+
+    #[test]
+    fn truncate_and_wrap_helpers() {
+        assert_eq!(truncate("abcdef", Some(4)), "abc…");
+        assert_eq!(truncate("abcd", Some(4)), "abcd");
+        assert_eq!(truncate("日本語", Some(4)), "日…");
+        assert_eq!(wrap("aa bb cc", Some(5), "", " "), ["aa bb", " cc"]);
+        assert_eq!(wrap("abcdefgh", Some(4), "", ""), ["abcd", "efgh"]);
+        assert_eq!(wrap("aa bb", Some(5), "  ", "  "), ["  aa", "  bb"]);
+        assert_eq!(wrap("aa bb", None, "  ", "  "), ["  aa bb"]);
+    }
+
+    fn strip_ansi(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}

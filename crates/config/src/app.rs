@@ -1,0 +1,790 @@
+//! Validation of one app: a table of the located tree (from a file or built from the command line)
+//! becomes an [`AppSpec`], or errors in the [`Diag`]. This is the one code path every app goes
+//! through.
+//!
+//! Three steps: [`sort_keys`] maps each key to a [`Field`] (refusing unknown and not-yet-supported
+//! keys); [`Draft::read`] type-checks every value into a [`Draft`] (the validated intermediate:
+//! typed values, still unresolved paths); [`Draft::resolve`] applies defaults, makes paths absolute
+//! and checks the file system.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+use pm2rs_proto::{AppSpec, ExecMode};
+
+use crate::error::{Diag, Loc};
+use crate::keys::{self, ENV_PROFILE_PREFIX, Field, Kind};
+use crate::names::{Ident, KillSignal};
+use crate::resolve::{absolute, find_in_path, is_bare, is_executable};
+use crate::shell::split_words;
+use crate::tree::{Entry, Format, Node, Value};
+use crate::units::{
+    MAX_BACKOFF_MS, MAX_DURATION_MS, MAX_MAX_RESTARTS, instances_from_int, parse_duration_ms,
+    parse_instances,
+};
+
+/// PM2's defaults.
+pub(crate) mod defaults {
+    pub(crate) const NAMESPACE: &str = "default";
+    pub(crate) const INSTANCES: u32 = 1;
+    pub(crate) const AUTORESTART: bool = true;
+    pub(crate) const MAX_RESTARTS: u32 = 16;
+    pub(crate) const MIN_UPTIME_MS: u64 = 1000;
+    pub(crate) const RESTART_DELAY_MS: u64 = 0;
+    pub(crate) const KILL_TIMEOUT_MS: u64 = 1600;
+}
+
+/// Interpreter chosen by script extension when `interpreter` is not set.
+pub(crate) const DEFAULT_INTERPRETERS: &[(&str, &str)] = &[
+    ("js", "node"),
+    ("cjs", "node"),
+    ("mjs", "node"),
+    ("py", "python3"),
+    ("sh", "bash"),
+    ("rb", "ruby"),
+];
+
+/// What validation of one app needs to know about its surroundings.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx<'a> {
+    /// Only for naming types in messages.
+    pub(crate) format: Format,
+    /// Absolute directory that relative `cwd`s (and the default cwd) refer to.
+    pub(crate) base_dir: &'a Path,
+    /// CPU count for `instances = "max"` and negative counts.
+    pub(crate) cpus: u32,
+    /// `--env <profile>`.
+    pub(crate) profile: Option<&'a str>,
+    /// Absolute path of the ecosystem file.
+    pub(crate) source: Option<&'a Path>,
+    /// `PATH` for program lookups when the app's env does not set one.
+    pub(crate) path_var: Option<&'a OsStr>,
+    /// Check the file system (scripts, interpreters, cwd); off for apps `--only` leaves out.
+    pub(crate) check_files: bool,
+}
+
+/// A valid app and where its name was written (for duplicate-name messages).
+#[derive(Debug)]
+pub(crate) struct CheckedApp {
+    pub(crate) spec: AppSpec,
+    pub(crate) name_loc: Loc,
+}
+
+/// Validates the app table `node` found at key path `path` (e.g. `apps[0]`). Returns `None` when
+/// any error was reported for it.
+pub(crate) fn check_app(
+    node: &Node,
+    path: &str,
+    ctx: &Ctx<'_>,
+    diag: &mut Diag,
+) -> Option<CheckedApp> {
+    let before = diag.count();
+    let Value::Table(entries) = &node.value else {
+        diag.error(
+            &node.loc,
+            path,
+            format!(
+                "expected an app ({}), got {}",
+                Value::Table(vec![]).type_name(ctx.format),
+                node.value.type_name(ctx.format)
+            ),
+        );
+        return None;
+    };
+    let keys = sort_keys(entries, path, diag);
+    let draft = Draft::read(&keys, node, path, ctx, diag);
+    let checked = draft.resolve(ctx, diag);
+    if diag.count() == before {
+        checked
+    } else {
+        None
+    }
+}
+
+/// Where a key path goes below `path`.
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// An app table's keys, sorted by meaning.
+struct SortedKeys<'n> {
+    fields: BTreeMap<Field, &'n Entry>,
+    /// `env_<profile>` tables, by profile.
+    profiles: Vec<(&'n str, &'n Entry)>,
+}
+
+/// Maps keys to fields; refuses unknown keys (with a suggestion), duplicates through aliases and
+/// not-yet-supported keys whose value is not a no-op. `null` values count as absent.
+fn sort_keys<'n>(entries: &'n [Entry], path: &str, diag: &mut Diag) -> SortedKeys<'n> {
+    let mut sorted = SortedKeys {
+        fields: BTreeMap::new(),
+        profiles: Vec::new(),
+    };
+    for entry in entries {
+        if matches!(entry.node.value, Value::Null) {
+            continue;
+        }
+        let key = entry.key.as_str();
+        let key_path = join(path, key);
+        if let Some(profile) = key
+            .strip_prefix(ENV_PROFILE_PREFIX)
+            .filter(|p| !p.is_empty())
+        {
+            sorted.profiles.push((profile, entry));
+            continue;
+        }
+        match keys::lookup(key) {
+            Some(Kind::Field(field)) => {
+                if let Some(first) = sorted.fields.get(&field) {
+                    diag.error(
+                        &entry.key_loc,
+                        &key_path,
+                        format!(
+                            "`{key}` and `{}` both set `{}`; keep only one",
+                            first.key,
+                            keys::canonical(field)
+                        ),
+                    );
+                } else {
+                    sorted.fields.insert(field, entry);
+                }
+            }
+            Some(Kind::NotYet(noop)) => {
+                if !noop.accepts(&entry.node.value) {
+                    let hint = noop.hint().map(|h| format!(" ({h})")).unwrap_or_default();
+                    diag.error(
+                        &entry.key_loc,
+                        &key_path,
+                        format!("`{key}` is not supported yet by pm2rs{hint}"),
+                    );
+                }
+            }
+            None => {
+                let suggestion = keys::suggest_app_key(key)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                diag.error(
+                    &entry.key_loc,
+                    &key_path,
+                    format!("unknown key `{key}`{suggestion}"),
+                );
+            }
+        }
+    }
+    sorted
+}
+
+/// The interpreter setting as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Interpreter {
+    /// `"none"`: run the script directly.
+    Direct,
+    /// A program name or path.
+    Program(String),
+}
+
+/// A value and the node it was read from (to point errors at).
+type At<'n, T> = (T, &'n Node);
+
+/// The validated intermediate: every value has the right type and range; paths are not resolved
+/// and defaults not applied yet. `None` = not set (or refused, with an error already reported).
+#[derive(Debug, Default)]
+struct Draft<'n> {
+    /// Key path of the app, e.g. `apps[0]`.
+    path: String,
+    name: Option<At<'n, Ident>>,
+    script: Option<At<'n, String>>,
+    args: Option<Vec<String>>,
+    interpreter: Option<At<'n, Interpreter>>,
+    interpreter_args: Option<Vec<String>>,
+    cwd: Option<At<'n, String>>,
+    env: Option<BTreeMap<String, String>>,
+    /// `env_<profile>` tables, valid ones only.
+    profiles: BTreeMap<String, BTreeMap<String, String>>,
+    instances: Option<u32>,
+    exec_mode: Option<ExecMode>,
+    autorestart: Option<bool>,
+    max_restarts: Option<u32>,
+    min_uptime_ms: Option<u64>,
+    restart_delay_ms: Option<u64>,
+    exp_backoff_restart_delay_ms: Option<u64>,
+    stop_exit_codes: Option<Vec<i32>>,
+    kill_signal: Option<KillSignal>,
+    kill_timeout_ms: Option<u64>,
+    namespace: Option<Ident>,
+}
+
+/// Reads typed values out of nodes, reporting type and range errors.
+struct Reader<'d> {
+    format: Format,
+    cpus: u32,
+    diag: &'d mut Diag,
+}
+
+impl Reader<'_> {
+    fn type_error(&mut self, node: &Node, path: &str, expected: &str) {
+        let got = node.value.type_name(self.format);
+        self.diag
+            .error(&node.loc, path, format!("expected {expected}, got {got}"));
+    }
+
+    fn string<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n str> {
+        match &node.value {
+            Value::Str(s) => Some(s),
+            _ => {
+                self.type_error(node, path, "a string");
+                None
+            }
+        }
+    }
+
+    /// A string that must not be empty.
+    fn non_empty<'n>(&mut self, node: &'n Node, path: &str, key: &str) -> Option<&'n str> {
+        let s = self.string(node, path)?;
+        if s.is_empty() {
+            self.diag
+                .error(&node.loc, path, format!("`{key}` must not be empty"));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match node.value {
+            Value::Bool(b) => Some(b),
+            _ => {
+                self.type_error(node, path, "a boolean (true or false)");
+                None
+            }
+        }
+    }
+
+    fn ident(&mut self, node: &Node, path: &str, what: &str) -> Option<Ident> {
+        let s = self.string(node, path)?;
+        Ident::parse(s, what)
+            .map_err(|e| self.diag.error(&node.loc, path, e))
+            .ok()
+    }
+
+    /// A string (split like a shell would) or an array of scalars.
+    fn words(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        const EXPECTED: &str = "a string or an array of strings";
+        match &node.value {
+            Value::Str(s) => split_words(s)
+                .map_err(|e| self.diag.error(&node.loc, path, e))
+                .ok(),
+            Value::Array(items) => {
+                let mut words = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    match scalar_string(&item.value) {
+                        Some(word) => words.push(word),
+                        None => {
+                            self.type_error(item, &format!("{path}[{i}]"), "a string");
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(words)
+            }
+            _ => {
+                self.type_error(node, path, EXPECTED);
+                None
+            }
+        }
+    }
+
+    /// A table of environment variables; scalar values become strings, `null` ones are dropped.
+    fn env(&mut self, node: &Node, path: &str) -> Option<BTreeMap<String, String>> {
+        let Value::Table(entries) = &node.value else {
+            let expected = format!(
+                "{} of environment variables",
+                Value::Table(vec![]).type_name(self.format)
+            );
+            self.type_error(node, path, &expected);
+            return None;
+        };
+        let mut env = BTreeMap::new();
+        let mut ok = true;
+        for entry in entries {
+            let var_path = join(path, &entry.key);
+            let name = &entry.key;
+            if name.is_empty() || name.contains(['=', '\0']) {
+                self.diag.error(
+                    &entry.key_loc,
+                    &var_path,
+                    format!(
+                        "invalid environment variable name `{}`: it must be non-empty, without `=` or NUL",
+                        name.escape_debug()
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            if matches!(entry.node.value, Value::Null) {
+                continue;
+            }
+            match scalar_string(&entry.node.value) {
+                Some(value) if value.contains('\0') => {
+                    self.diag.error(
+                        &entry.node.loc,
+                        &var_path,
+                        "environment values must not contain NUL characters",
+                    );
+                    ok = false;
+                }
+                Some(value) => {
+                    env.insert(name.clone(), value);
+                }
+                None => {
+                    self.type_error(&entry.node, &var_path, "a string, number or boolean");
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(env)
+    }
+
+    /// A non-negative integer at most `max`.
+    fn count(&mut self, node: &Node, path: &str, key: &str, max: u64) -> Option<u64> {
+        let Some(n) = node.value.as_whole_int() else {
+            self.type_error(node, path, "a whole number");
+            return None;
+        };
+        let refusal = if n < 0 {
+            format!("`{key}` must not be negative (got {n})")
+        } else if n.unsigned_abs() > max {
+            format!("`{key}` must be at most {max} (got {n})")
+        } else {
+            return Some(n.unsigned_abs());
+        };
+        self.diag.error(&node.loc, path, refusal);
+        None
+    }
+
+    /// A duration in milliseconds, at most `max_ms`.
+    fn duration(&mut self, node: &Node, path: &str, key: &str, max_ms: u64) -> Option<u64> {
+        let ms = match &node.value {
+            Value::Str(s) => parse_duration_ms(s),
+            value => match value.as_whole_int() {
+                Some(n) if n < 0 => Err(format!("`{key}` must not be negative (got {n})")),
+                Some(n) => Ok(n.unsigned_abs()),
+                None => {
+                    self.type_error(node, path, "a duration like \"10s\" or milliseconds");
+                    return None;
+                }
+            },
+        };
+        match ms {
+            Ok(ms) if ms <= max_ms => Some(ms),
+            Ok(ms) => {
+                self.diag.error(
+                    &node.loc,
+                    path,
+                    format!(
+                        "`{key}` must be at most {} (got {})",
+                        human_ms(max_ms),
+                        human_ms(ms)
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.diag.error(&node.loc, path, e);
+                None
+            }
+        }
+    }
+
+    fn instances(&mut self, node: &Node, path: &str) -> Option<u32> {
+        let result = match &node.value {
+            Value::Str(s) => parse_instances(s, self.cpus),
+            value => match value.as_whole_int() {
+                Some(n) => instances_from_int(n, self.cpus),
+                None => {
+                    self.type_error(
+                        node,
+                        path,
+                        "a number of instances, \"max\" or a negative number (CPUs minus n)",
+                    );
+                    return None;
+                }
+            },
+        };
+        result.map_err(|e| self.diag.error(&node.loc, path, e)).ok()
+    }
+
+    fn exec_mode(&mut self, node: &Node, path: &str) -> Option<ExecMode> {
+        match self.string(node, path)? {
+            "fork" | "fork_mode" => Some(ExecMode::Fork),
+            "cluster" | "cluster_mode" => Some(ExecMode::Cluster),
+            other => {
+                self.diag.error(
+                    &node.loc,
+                    path,
+                    format!("invalid exec_mode `{other}`: expected \"fork\" or \"cluster\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn exit_codes(&mut self, node: &Node, path: &str) -> Option<Vec<i32>> {
+        let items: Vec<(&Node, String)> = match &node.value {
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (item, format!("{path}[{i}]")))
+                .collect(),
+            _ => vec![(node, path.to_string())],
+        };
+        let mut codes = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (item, item_path) in items {
+            match item.value.as_whole_int() {
+                Some(code @ 0..=255) => codes.push(code as i32),
+                Some(code) => {
+                    self.diag.error(
+                        &item.loc,
+                        &item_path,
+                        format!("exit codes are 0 to 255 (got {code})"),
+                    );
+                    ok = false;
+                }
+                None => {
+                    self.type_error(item, &item_path, "an exit code or an array of exit codes");
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(codes)
+    }
+
+    fn signal(&mut self, node: &Node, path: &str) -> Option<KillSignal> {
+        let parsed = match &node.value {
+            Value::Str(s) => KillSignal::parse(s),
+            value => match value.as_whole_int() {
+                Some(n) => KillSignal::from_number(n),
+                None => {
+                    self.type_error(node, path, "a signal name like \"SIGTERM\"");
+                    return None;
+                }
+            },
+        };
+        parsed.map_err(|e| self.diag.error(&node.loc, path, e)).ok()
+    }
+
+    fn interpreter(&mut self, node: &Node, path: &str) -> Option<Interpreter> {
+        match self.string(node, path)? {
+            "" => {
+                self.diag.error(
+                    &node.loc,
+                    path,
+                    "`interpreter` must not be empty (use \"none\" to run the script directly)",
+                );
+                None
+            }
+            "none" => Some(Interpreter::Direct),
+            program => Some(Interpreter::Program(program.to_string())),
+        }
+    }
+}
+
+/// Strings stay, numbers and booleans are written out; anything else is `None`.
+fn scalar_string(value: &Value) -> Option<String> {
+    match value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// `90000000` → `25h`, `1500` → `1500ms`: the largest unit that divides evenly.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0 => "0ms".into(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+impl<'n> Draft<'n> {
+    /// Type-checks every known field.
+    fn read(
+        keys: &SortedKeys<'n>,
+        table: &'n Node,
+        path: &str,
+        ctx: &Ctx<'_>,
+        diag: &mut Diag,
+    ) -> Draft<'n> {
+        let mut r = Reader {
+            format: ctx.format,
+            cpus: ctx.cpus,
+            diag,
+        };
+        let mut d = Draft {
+            path: path.to_string(),
+            ..Draft::default()
+        };
+        for (field, entry) in &keys.fields {
+            let node = &entry.node;
+            let key = entry.key.as_str();
+            let p = join(path, key);
+            let p = p.as_str();
+            match field {
+                Field::Name => d.name = r.ident(node, p, "name").map(|n| (n, node)),
+                Field::Namespace => d.namespace = r.ident(node, p, "namespace"),
+                Field::Script => {
+                    d.script = r.non_empty(node, p, key).map(|s| (s.to_string(), node));
+                }
+                Field::Args => d.args = r.words(node, p),
+                Field::Interpreter => d.interpreter = r.interpreter(node, p).map(|i| (i, node)),
+                Field::InterpreterArgs => d.interpreter_args = r.words(node, p),
+                Field::Cwd => d.cwd = r.non_empty(node, p, key).map(|s| (s.to_string(), node)),
+                Field::Env => d.env = r.env(node, p),
+                Field::Instances => d.instances = r.instances(node, p),
+                Field::ExecMode => d.exec_mode = r.exec_mode(node, p),
+                Field::Autorestart => d.autorestart = r.bool(node, p),
+                Field::MaxRestarts => {
+                    d.max_restarts = r
+                        .count(node, p, key, MAX_MAX_RESTARTS)
+                        .and_then(|n| u32::try_from(n).ok());
+                }
+                Field::MinUptime => d.min_uptime_ms = r.duration(node, p, key, MAX_DURATION_MS),
+                Field::RestartDelay => {
+                    d.restart_delay_ms = r.duration(node, p, key, MAX_DURATION_MS);
+                }
+                Field::ExpBackoffRestartDelay => {
+                    d.exp_backoff_restart_delay_ms = r.duration(node, p, key, MAX_BACKOFF_MS);
+                }
+                Field::StopExitCodes => d.stop_exit_codes = r.exit_codes(node, p),
+                Field::KillSignal => d.kill_signal = r.signal(node, p),
+                Field::KillTimeout => d.kill_timeout_ms = r.duration(node, p, key, MAX_DURATION_MS),
+            }
+        }
+        for (profile, entry) in &keys.profiles {
+            if let Some(env) = r.env(&entry.node, &join(path, &entry.key)) {
+                d.profiles.insert((*profile).to_string(), env);
+            }
+        }
+        if d.script.is_none() && !keys.fields.contains_key(&Field::Script) {
+            r.diag
+                .error(&table.loc, path, "missing required key `script`");
+        }
+        d
+    }
+
+    /// Applies defaults, resolves paths and checks the file system.
+    fn resolve(self, ctx: &Ctx<'_>, diag: &mut Diag) -> Option<CheckedApp> {
+        let path = self.path.as_str();
+        let (script, script_node) = self.script?;
+        let script_path = join(path, "script");
+
+        // Environment: env_<profile> over env.
+        let mut env = self.env.unwrap_or_default();
+        if let Some(profile_env) = ctx.profile.and_then(|p| self.profiles.get(p)) {
+            env.extend(profile_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let env_path: Option<OsString> = env.get("PATH").map(OsString::from);
+        let path_var = env_path.as_deref().or(ctx.path_var);
+
+        // Name: as written, or the script's file stem.
+        let (name, name_loc) = match self.name {
+            Some((name, node)) => (Some(name), node.loc.clone()),
+            None => {
+                let stem = Path::new(&script)
+                    .file_stem()
+                    .and_then(OsStr::to_str)
+                    .unwrap_or_default();
+                let derived = Ident::parse(stem, "name").map_err(|e| {
+                    diag.error(
+                        &script_node.loc,
+                        &script_path,
+                        format!(
+                            "cannot use the script's file name as the app name ({e}); set `name`"
+                        ),
+                    );
+                });
+                (derived.ok(), script_node.loc.clone())
+            }
+        };
+
+        // Working directory.
+        let cwd = match &self.cwd {
+            Some((dir, node)) => {
+                let abs = absolute(ctx.base_dir, Path::new(dir));
+                if ctx.check_files && !abs.is_dir() {
+                    let problem = if abs.exists() {
+                        "is not a directory"
+                    } else {
+                        "does not exist"
+                    };
+                    diag.error(
+                        &node.loc,
+                        &join(path, "cwd"),
+                        format!("working directory `{}` {problem}", abs.display()),
+                    );
+                    None
+                } else {
+                    Some(abs)
+                }
+            }
+            None => Some(ctx.base_dir.to_path_buf()),
+        };
+
+        // Interpreter: as written, or chosen by extension.
+        let interpreter: Option<(String, Option<&Node>)> = match self.interpreter {
+            Some((Interpreter::Direct, _)) => None,
+            Some((Interpreter::Program(p), node)) => Some((p, Some(node))),
+            None => default_interpreter(&script).map(|p| (p.to_string(), None)),
+        };
+        let has_interpreter = interpreter.is_some();
+        // `None` = refused (error reported); `Some(None)` = run directly.
+        let interpreter: Option<Option<String>> = match (&interpreter, &cwd) {
+            (Some((program, node)), Some(cwd)) if ctx.check_files => {
+                let (loc, key_path) = match node {
+                    Some(node) => (&node.loc, join(path, "interpreter")),
+                    None => (&script_node.loc, script_path.clone()),
+                };
+                check_interpreter(program, node.is_none(), &script, cwd, path_var)
+                    .map_err(|e| diag.error(loc, &key_path, e))
+                    .ok()
+                    .map(Some)
+            }
+            (Some((program, _)), _) => Some(Some(program.clone())),
+            (None, _) => Some(None),
+        };
+
+        // Script.
+        let script_abs = cwd.as_ref().and_then(|cwd| {
+            if !ctx.check_files {
+                return Some(absolute(cwd, Path::new(&script)));
+            }
+            check_script(&script, cwd, has_interpreter, path_var)
+                .map_err(|e| diag.error(&script_node.loc, &script_path, e))
+                .ok()
+        });
+
+        let spec = AppSpec {
+            name: name?.into_string(),
+            namespace: self
+                .namespace
+                .map_or_else(|| defaults::NAMESPACE.to_string(), Ident::into_string),
+            script: script_abs?,
+            args: self.args.unwrap_or_default(),
+            interpreter: interpreter?,
+            interpreter_args: self.interpreter_args.unwrap_or_default(),
+            cwd: cwd?,
+            env,
+            instances: self.instances.unwrap_or(defaults::INSTANCES),
+            exec_mode: self.exec_mode.unwrap_or_default(),
+            autorestart: self.autorestart.unwrap_or(defaults::AUTORESTART),
+            max_restarts: self.max_restarts.unwrap_or(defaults::MAX_RESTARTS),
+            min_uptime_ms: self.min_uptime_ms.unwrap_or(defaults::MIN_UPTIME_MS),
+            restart_delay_ms: self.restart_delay_ms.unwrap_or(defaults::RESTART_DELAY_MS),
+            exp_backoff_restart_delay_ms: self.exp_backoff_restart_delay_ms.filter(|&ms| ms > 0),
+            stop_exit_codes: self.stop_exit_codes.unwrap_or_default(),
+            kill_signal: self
+                .kill_signal
+                .unwrap_or(KillSignal::DEFAULT)
+                .as_str()
+                .to_string(),
+            kill_timeout_ms: self.kill_timeout_ms.unwrap_or(defaults::KILL_TIMEOUT_MS),
+            source: ctx.source.map(Path::to_path_buf),
+        };
+        Some(CheckedApp { spec, name_loc })
+    }
+}
+
+/// The interpreter [`DEFAULT_INTERPRETERS`] picks for `script`'s extension.
+pub(crate) fn default_interpreter(script: &str) -> Option<&'static str> {
+    let ext = Path::new(script).extension()?.to_str()?;
+    DEFAULT_INTERPRETERS
+        .iter()
+        .find(|(e, _)| *e == ext)
+        .map(|(_, program)| *program)
+}
+
+/// A bare interpreter name must be in `PATH` (and stays as written); a path is resolved against
+/// `cwd`, must be an executable file, and becomes absolute.
+fn check_interpreter(
+    program: &str,
+    by_extension: bool,
+    script: &str,
+    cwd: &Path,
+    path_var: Option<&OsStr>,
+) -> Result<String, String> {
+    let chosen = if by_extension {
+        let ext = Path::new(script)
+            .extension()
+            .and_then(OsStr::to_str)
+            .unwrap_or_default();
+        format!(" (chosen for `.{ext}` scripts)")
+    } else {
+        String::new()
+    };
+    let fix = if by_extension {
+        "set `interpreter` to a full path, or to \"none\" to run the script directly"
+    } else {
+        "set `interpreter` to a full path"
+    };
+    if is_bare(program) {
+        return match find_in_path(program, path_var) {
+            Some(_) => Ok(program.to_string()),
+            None => Err(format!(
+                "interpreter `{program}`{chosen} not found in PATH; {fix}"
+            )),
+        };
+    }
+    let abs = absolute(cwd, Path::new(program));
+    match std::fs::metadata(&abs) {
+        Ok(meta) if meta.is_file() && is_executable(&meta) => {
+            Ok(abs.to_string_lossy().into_owned())
+        }
+        Ok(_) => Err(format!(
+            "interpreter `{}` is not an executable file",
+            abs.display()
+        )),
+        Err(_) => Err(format!("interpreter `{}` does not exist", abs.display())),
+    }
+}
+
+/// Resolves the script against `cwd`. Run directly, it must be executable, and a bare name that
+/// is not in `cwd` is looked up in `PATH`. Run by an interpreter, it must be a file.
+fn check_script(
+    script: &str,
+    cwd: &Path,
+    has_interpreter: bool,
+    path_var: Option<&OsStr>,
+) -> Result<PathBuf, String> {
+    let abs = absolute(cwd, Path::new(script));
+    if !has_interpreter && is_bare(script) && !abs.exists() {
+        return find_in_path(script, path_var).ok_or_else(|| {
+            format!(
+                "script `{script}` not found in `{}` nor in PATH",
+                cwd.display()
+            )
+        });
+    }
+    let meta = std::fs::metadata(&abs)
+        .map_err(|_| format!("script `{}` does not exist", abs.display()))?;
+    if meta.is_dir() {
+        return Err(format!("script `{}` is a directory", abs.display()));
+    }
+    if !has_interpreter && !is_executable(&meta) {
+        return Err(format!(
+            "script `{}` is not executable; make it executable (chmod +x) or set `interpreter`",
+            abs.display()
+        ));
+    }
+    Ok(abs)
+}

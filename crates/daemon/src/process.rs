@@ -1,0 +1,192 @@
+//! Process control at the OS level: spawn an instance in its own process group, signal its group
+//! safely, reap children, and read a process's start time from `/proc`.
+//!
+//! Only the supervisor calls into this module, and only the supervisor reaps (see [`reap_one`]). That
+//! is what makes signalling safe: a pid we hold has not been reaped, so it cannot have been reused by
+//! another process. The recorded start time is checked as well before any signal, as a second guard.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use pm2rs_proto::AppSpec;
+
+use crate::policy::ExitReason;
+
+/// A running process we spawned: its pid (also its process-group id) and its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    pub pid: Pid,
+    /// Start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`); 0 if unreadable.
+    pub start_ticks: u64,
+}
+
+/// What an instance needs to be spawned, besides its app spec.
+pub struct SpawnInput<'a> {
+    pub spec: &'a AppSpec,
+    /// Index of the instance within its app.
+    pub instance: u32,
+    /// Unique id of the instance.
+    pub id: u32,
+    pub out_log: &'a Path,
+    pub err_log: &'a Path,
+}
+
+/// Spawns one instance in a new process group, stdin from /dev/null, output appended to its log files.
+pub fn spawn(input: &SpawnInput<'_>) -> io::Result<Tracked> {
+    let spec = input.spec;
+    let mut cmd = match &spec.interpreter {
+        Some(interp) => {
+            let mut c = Command::new(interp);
+            c.args(&spec.interpreter_args).arg(&spec.script);
+            c
+        }
+        None => Command::new(&spec.script),
+    };
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .envs(instance_env(spec, input.instance, input.id))
+        .stdin(Stdio::null())
+        .stdout(open_log(input.out_log)?)
+        .stderr(open_log(input.err_log)?)
+        .process_group(0);
+    let child = cmd.spawn()?;
+    // We never wait on `child` through std: the supervisor reaps with waitpid(-1). Dropping a std
+    // Child neither kills nor waits for it.
+    let pid = Pid::from_raw(child.id() as i32);
+    drop(child);
+    Ok(Tracked {
+        pid,
+        start_ticks: start_ticks(pid).unwrap_or(0),
+    })
+}
+
+/// The variables added to every instance's environment, over the daemon's own.
+pub fn instance_env(spec: &AppSpec, instance: u32, id: u32) -> BTreeMap<String, String> {
+    let mut env = spec.env.clone();
+    env.insert("NODE_APP_INSTANCE".into(), instance.to_string());
+    env.insert("PM2RS_INSTANCE".into(), instance.to_string());
+    env.insert("PM2RS_APP_NAME".into(), spec.name.clone());
+    env.insert("PM2RS_ID".into(), id.to_string());
+    env
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Start time of `pid` in clock ticks since boot, from `/proc/<pid>/stat`.
+pub fn start_ticks(pid: Pid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // rest starts at field 3 (state); start time is field 22 → index 19 here.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Sends `signal` to the whole process group led by `tracked`, after checking that the leader is still
+/// the process we started (its start time matches) or is gone (then only its group can remain, and the
+/// kernel does not reuse a pid that is still some group's id).
+pub fn signal_group(tracked: Tracked, signal: Signal) -> nix::Result<()> {
+    if tracked.start_ticks != 0
+        && let Some(now) = start_ticks(tracked.pid)
+        && now != tracked.start_ticks
+    {
+        return Err(Errno::ESRCH);
+    }
+    match killpg(tracked.pid, signal) {
+        Err(Errno::ESRCH) => {
+            // The group is empty; the leader may still be a zombie outside it.
+            kill(tracked.pid, signal).or(Ok(()))
+        }
+        other => other,
+    }
+}
+
+/// Whether any process is left in the group `pgid`.
+pub fn group_alive(pgid: Pid) -> bool {
+    killpg(pgid, None).is_ok()
+}
+
+/// Reaps one exited child, if any: `Ok(None)` when no child has exited (or there are no children).
+pub fn reap_one() -> nix::Result<Option<(Pid, ExitReason)>> {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => return Ok(Some((pid, ExitReason::Code(code)))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                return Ok(Some((pid, ExitReason::Signal(sig as i32))));
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(None),
+            Ok(_) => continue, // stopped/continued: not an exit
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Human text for how a run ended, e.g. `exit code 1` or `signal SIGKILL`.
+pub fn describe_exit(exit: ExitReason) -> String {
+    match exit {
+        ExitReason::Code(c) => format!("exit code {c}"),
+        ExitReason::Signal(n) => match Signal::try_from(n) {
+            Ok(s) => format!("signal {}", s.as_str()),
+            Err(_) => format!("signal {n}"),
+        },
+    }
+}
+
+/// Parses a signal name as stored in an [`AppSpec`] (`"SIGINT"`, `"INT"`); SIGINT if unknown.
+pub fn parse_signal(name: &str) -> Signal {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse().unwrap_or(Signal::SIGINT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_ticks_of_self_is_stable_and_nonzero() {
+        let me = Pid::this();
+        let a = start_ticks(me).expect("own stat");
+        assert!(a > 0);
+        assert_eq!(start_ticks(me), Some(a));
+    }
+
+    #[test]
+    fn signal_names_parse() {
+        assert_eq!(parse_signal("SIGTERM"), Signal::SIGTERM);
+        assert_eq!(parse_signal("term"), Signal::SIGTERM);
+        assert_eq!(parse_signal("bogus"), Signal::SIGINT);
+    }
+
+    #[test]
+    fn exits_describe_themselves() {
+        assert_eq!(describe_exit(ExitReason::Code(3)), "exit code 3");
+        assert_eq!(describe_exit(ExitReason::Signal(9)), "signal SIGKILL");
+    }
+
+    #[test]
+    fn a_mismatched_start_time_is_never_signalled() {
+        let fake = Tracked {
+            pid: Pid::this(),
+            start_ticks: 1, // not our real start time
+        };
+        assert_eq!(signal_group(fake, Signal::SIGKILL), Err(Errno::ESRCH));
+    }
+}

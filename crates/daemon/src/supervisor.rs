@@ -1,0 +1,1003 @@
+//! The supervisor: the one task that owns every app and instance and makes every lifecycle move.
+//!
+//! API handlers send it a [`Command`] (with a oneshot for the reply) over a bounded channel and read
+//! the [`Snapshot`] it publishes on a `watch` channel after each change, so `list` never waits on it.
+//! It reacts to three kinds of events, each handled to completion before the next:
+//! - a command from the API;
+//! - SIGCHLD: it reaps every exited child itself (nobody else calls `waitpid`), which keeps a pid it
+//!   holds from ever being reused under it, and applies the restart policy;
+//! - the earliest deadline among instances: a restart delay ending, or a stop's `kill_timeout`.
+//!
+//! Commands that must wait for processes to exit (stop, restart, delete, scale down, a changed spec,
+//! kill) register a [`Pending`] continuation that runs once all its instances have settled.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use pm2rs_proto::{
+    ActionResponse, ApiError, AppSpec, DescribeResponse, Described, ErrorKind, ProcessInfo,
+    ScaleRequest, ScaleTo, StartResponse, Status,
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::lifecycle::{self, Event};
+use crate::policy::{self, Decision, ExitReason, RestartHistory, RestartPolicy};
+use crate::process::{self, SpawnInput, Tracked};
+
+/// A reply channel; the API handler holds the receiving end and drops it if the client goes away.
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// Capacity of the command channel: senders wait (back-pressure) when the supervisor is behind.
+pub const COMMAND_QUEUE: usize = 64;
+
+/// What API handlers ask of the supervisor.
+#[derive(Debug)]
+pub enum Command {
+    Start {
+        apps: Vec<AppSpec>,
+        reply: Reply<StartResponse>,
+    },
+    Stop {
+        target: String,
+        reply: Reply<ActionResponse>,
+    },
+    Restart {
+        target: String,
+        reply: Reply<ActionResponse>,
+    },
+    Delete {
+        target: String,
+        reply: Reply<ActionResponse>,
+    },
+    Scale {
+        request: ScaleRequest,
+        reply: Reply<ActionResponse>,
+    },
+    /// Stop every app, reply, then end the daemon.
+    Kill { reply: Reply<ActionResponse> },
+}
+
+/// What the supervisor publishes after every change. Cheap to clone (behind an `Arc`).
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Every instance, ordered by id (cpu/memory are filled in by the API from the sampler).
+    pub processes: Vec<ProcessInfo>,
+    /// Every app's spec, by name.
+    pub specs: BTreeMap<String, Arc<AppSpec>>,
+    /// Log file paths by instance id: (stdout, stderr).
+    pub logs: BTreeMap<u32, (PathBuf, PathBuf)>,
+}
+
+impl Snapshot {
+    /// Describes the instances matching `target`.
+    pub fn describe(&self, target: &str) -> Result<DescribeResponse, ApiError> {
+        let ids = resolve_target(
+            target,
+            self.processes
+                .iter()
+                .map(|p| (p.id, &*p.name, &*p.namespace)),
+        )?;
+        let mut out = Vec::with_capacity(ids.len());
+        for p in self.processes.iter().filter(|p| ids.contains(&p.id)) {
+            let (Some(spec), Some((out_log, err_log))) =
+                (self.specs.get(&p.name), self.logs.get(&p.id))
+            else {
+                continue;
+            };
+            out.push(Described {
+                process: p.clone(),
+                spec: (**spec).clone(),
+                out_log: out_log.clone(),
+                err_log: err_log.clone(),
+            });
+        }
+        Ok(DescribeResponse { processes: out })
+    }
+}
+
+/// Resolves a user-typed target against `(id, name, namespace)` triples: `all`, an id, an app name,
+/// or a namespace, in that order of precedence.
+pub fn resolve_target<'a>(
+    target: &str,
+    procs: impl Iterator<Item = (u32, &'a str, &'a str)> + Clone,
+) -> Result<Vec<u32>, ApiError> {
+    let target = target.trim();
+    if target.is_empty() {
+        return Err(api_error(
+            ErrorKind::BadRequest,
+            "empty target: name an app, an id, a namespace or `all`",
+        ));
+    }
+    let ids: Vec<u32> = if target == "all" {
+        procs.map(|(id, _, _)| id).collect()
+    } else if let Ok(id) = target.parse::<u32>() {
+        procs
+            .filter(|(i, _, _)| *i == id)
+            .map(|(id, _, _)| id)
+            .collect()
+    } else {
+        let by_name: Vec<u32> = procs
+            .clone()
+            .filter(|(_, n, _)| *n == target)
+            .map(|(id, _, _)| id)
+            .collect();
+        if by_name.is_empty() {
+            procs
+                .filter(|(_, _, ns)| *ns == target)
+                .map(|(id, _, _)| id)
+                .collect()
+        } else {
+            by_name
+        }
+    };
+    if ids.is_empty() && target != "all" {
+        return Err(api_error(
+            ErrorKind::NotFound,
+            &format!("no app, id or namespace matches `{target}`; see `pm2rs list`"),
+        ));
+    }
+    Ok(ids)
+}
+
+fn api_error(kind: ErrorKind, message: &str) -> ApiError {
+    ApiError {
+        kind,
+        message: message.to_string(),
+    }
+}
+
+/// One app: its spec and the policy derived from it.
+struct App {
+    spec: Arc<AppSpec>,
+    policy: RestartPolicy,
+}
+
+/// The current run of an instance.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    tracked: Tracked,
+    started: Instant,
+    started_at_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeadlineKind {
+    /// The restart delay ends: spawn again.
+    Restart,
+    /// `kill_timeout` after the stop signal: SIGKILL the group.
+    Kill,
+    /// The leader exited during a stop but its group had members left: check again.
+    Drain,
+}
+
+/// How often a draining group is checked when no SIGCHLD tells us first.
+const DRAIN_RECHECK: Duration = Duration::from_millis(20);
+
+/// One instance.
+struct Proc {
+    id: u32,
+    app: String,
+    instance: u32,
+    status: Status,
+    run: Option<Run>,
+    restarts: u32,
+    history: RestartHistory,
+    reason: Option<String>,
+    last_exit: Option<String>,
+    deadline: Option<(Instant, DeadlineKind)>,
+    /// Set while stopping, after the leader exited, until its process group is empty.
+    draining: Option<Pid>,
+    out_log: PathBuf,
+    err_log: PathBuf,
+}
+
+impl Proc {
+    fn settled(&self) -> bool {
+        matches!(self.status, Status::Stopped | Status::Errored)
+    }
+}
+
+/// What to do once a set of instances has settled (stopped or errored).
+enum Then {
+    /// Reply with the instances' state.
+    Reply(Reply<ActionResponse>),
+    /// Start them again, then reply.
+    Restart(Reply<ActionResponse>),
+    /// Remove them, then reply.
+    Delete(Reply<ActionResponse>),
+    /// Apply these changed specs (their old instances are the ones that settled), then reply.
+    Apply {
+        specs: Vec<AppSpec>,
+        response: StartResponse,
+        names: Vec<String>,
+        reply: Reply<StartResponse>,
+    },
+    /// Reply, then end the daemon.
+    Kill(Reply<ActionResponse>),
+}
+
+struct Pending {
+    ids: Vec<u32>,
+    then: Then,
+}
+
+/// The supervisor's state. Built by [`Supervisor::new`], consumed by [`Supervisor::run`].
+pub struct Supervisor {
+    logs_dir: PathBuf,
+    apps: BTreeMap<String, App>,
+    procs: BTreeMap<u32, Proc>,
+    by_pid: HashMap<Pid, u32>,
+    next_id: u32,
+    pending: Vec<Pending>,
+    user: Option<String>,
+    /// Receivers are the API handlers' clones; nobody listening is fine.
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Cancelled by the supervisor after `kill`, or by the daemon on a signal.
+    shutdown: CancellationToken,
+    dirty: bool,
+}
+
+impl Supervisor {
+    /// A supervisor writing logs under `logs_dir`, publishing on `snapshot`.
+    pub fn new(
+        logs_dir: PathBuf,
+        snapshot: watch::Sender<Arc<Snapshot>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        Supervisor {
+            logs_dir,
+            apps: BTreeMap::new(),
+            procs: BTreeMap::new(),
+            by_pid: HashMap::new(),
+            next_id: 0,
+            pending: Vec::new(),
+            user,
+            snapshot,
+            shutdown,
+            dirty: true,
+        }
+    }
+
+    /// Runs until a `kill` command completes or `commands` closes. The SIGCHLD stream must have been
+    /// registered before any child is spawned, which is why it is created here, first.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> std::io::Result<()> {
+        let mut sigchld = signal(SignalKind::child())?;
+        // Reap anything that exited before we were listening (e.g. adopted orphans).
+        self.reap_all();
+        loop {
+            if self.dirty {
+                self.publish();
+            }
+            let deadline = self.next_deadline();
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                _ = sigchld.recv() => self.reap_all(),
+                () = sleep_until_opt(deadline) => self.fire_deadlines(),
+            }
+            self.run_pending();
+            if self.shutdown.is_cancelled() && self.pending.is_empty() {
+                break;
+            }
+        }
+        // Whatever is still running when the command channel closes is stopped now.
+        self.stop_everything_now();
+        self.publish();
+        Ok(())
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        debug!(?cmd, "command");
+        match cmd {
+            Command::Start { apps, reply } => self.start(apps, reply),
+            Command::Stop { target, reply } => self.with_targets(&target, reply, Then::Reply),
+            Command::Restart { target, reply } => self.with_targets(&target, reply, Then::Restart),
+            Command::Delete { target, reply } => self.with_targets(&target, reply, Then::Delete),
+            Command::Scale { request, reply } => self.scale(request, reply),
+            Command::Kill { reply } => {
+                let ids: Vec<u32> = self.procs.keys().copied().collect();
+                self.stop_ids(&ids);
+                self.pending.push(Pending {
+                    ids,
+                    then: Then::Kill(reply),
+                });
+            }
+        }
+    }
+
+    fn with_targets(
+        &mut self,
+        target: &str,
+        reply: Reply<ActionResponse>,
+        then: fn(Reply<ActionResponse>) -> Then,
+    ) {
+        match self.resolve(target) {
+            Ok(ids) => {
+                self.stop_ids(&ids);
+                self.pending.push(Pending {
+                    ids,
+                    then: then(reply),
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn resolve(&self, target: &str) -> Result<Vec<u32>, ApiError> {
+        resolve_target(
+            target,
+            self.procs.values().map(|p| {
+                let ns = self
+                    .apps
+                    .get(&p.app)
+                    .map_or("default", |a| a.spec.namespace.as_str());
+                (p.id, p.app.as_str(), ns)
+            }),
+        )
+    }
+
+    fn start(&mut self, specs: Vec<AppSpec>, reply: Reply<StartResponse>) {
+        let mut response = StartResponse {
+            started: vec![],
+            updated: vec![],
+            restarted: vec![],
+            unchanged: vec![],
+            processes: vec![],
+        };
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let mut changed = Vec::new();
+        let mut to_stop = Vec::new();
+        for spec in specs {
+            match self.apps.get(&spec.name) {
+                None => {
+                    response.started.push(spec.name.clone());
+                    self.add_app(spec);
+                }
+                Some(app) if *app.spec == spec => {
+                    let ids: Vec<u32> = self
+                        .ids_of(&spec.name)
+                        .filter(|id| self.procs[id].settled())
+                        .collect();
+                    if ids.is_empty() {
+                        response.unchanged.push(spec.name.clone());
+                    } else {
+                        response.restarted.push(spec.name.clone());
+                        for id in ids {
+                            self.start_proc(id, true);
+                        }
+                    }
+                }
+                Some(_) => {
+                    response.updated.push(spec.name.clone());
+                    to_stop.extend(self.ids_of(&spec.name));
+                    changed.push(spec);
+                }
+            }
+        }
+        if changed.is_empty() {
+            response.processes = self.infos_of_apps(&names);
+            let _ = reply.send(Ok(response));
+            return;
+        }
+        self.stop_ids(&to_stop);
+        self.pending.push(Pending {
+            ids: to_stop,
+            then: Then::Apply {
+                specs: changed,
+                response,
+                names,
+                reply,
+            },
+        });
+    }
+
+    fn scale(&mut self, request: ScaleRequest, reply: Reply<ActionResponse>) {
+        let Some(app) = self.apps.get(&request.name) else {
+            let _ = reply.send(Err(api_error(
+                ErrorKind::NotFound,
+                &format!("no app named `{}`; see `pm2rs list`", request.name),
+            )));
+            return;
+        };
+        let mut ids: Vec<u32> = self.ids_of(&request.name).collect();
+        ids.sort_by_key(|id| self.procs[id].instance);
+        let current = ids.len() as i64;
+        let wanted = match request.to {
+            ScaleTo::Exactly(n) => i64::from(n),
+            ScaleTo::Delta(d) => current.saturating_add(d),
+        };
+        if !(1..=1024).contains(&wanted) {
+            let _ = reply.send(Err(api_error(
+                ErrorKind::BadRequest,
+                &format!(
+                    "cannot scale `{}` to {wanted} instances (it has {current}); the count must be \
+                     1 to 1024 — use `pm2rs stop` or `pm2rs delete` to remove an app",
+                    request.name
+                ),
+            )));
+            return;
+        }
+        let mut spec = (*app.spec).clone();
+        spec.instances = wanted as u32;
+        let spec = Arc::new(spec);
+        if let Some(app) = self.apps.get_mut(&request.name) {
+            app.spec = spec;
+        }
+        if wanted >= current {
+            let mut new_ids = Vec::new();
+            for _ in current..wanted {
+                new_ids.push(self.add_proc(&request.name));
+            }
+            for &id in &new_ids {
+                self.start_proc(id, false);
+            }
+            ids.extend(new_ids);
+            let processes = self.infos(&ids);
+            let _ = reply.send(Ok(ActionResponse { processes, ids }));
+        } else {
+            let remove = ids.split_off(wanted as usize);
+            self.stop_ids(&remove);
+            self.pending.push(Pending {
+                ids: remove,
+                then: Then::Delete(reply),
+            });
+        }
+    }
+
+    /// Registers a new app and spawns its instances.
+    fn add_app(&mut self, spec: AppSpec) {
+        let name = spec.name.clone();
+        let count = spec.instances;
+        self.apps.insert(
+            name.clone(),
+            App {
+                policy: RestartPolicy::from(&spec),
+                spec: Arc::new(spec),
+            },
+        );
+        for _ in 0..count {
+            let id = self.add_proc(&name);
+            self.start_proc(id, false);
+        }
+        info!(app = %name, instances = count, "app added");
+    }
+
+    /// Creates a stopped instance of `app` with the lowest free instance index.
+    fn add_proc(&mut self, app: &str) -> u32 {
+        let used: Vec<u32> = self
+            .ids_of(app)
+            .map(|id| self.procs[&id].instance)
+            .collect();
+        let instance = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.procs.insert(
+            id,
+            Proc {
+                id,
+                app: app.to_string(),
+                instance,
+                status: Status::Stopped,
+                run: None,
+                restarts: 0,
+                history: RestartHistory::default(),
+                reason: None,
+                last_exit: None,
+                deadline: None,
+                draining: None,
+                out_log: PathBuf::new(),
+                err_log: PathBuf::new(),
+            },
+        );
+        self.dirty = true;
+        id
+    }
+
+    fn ids_of<'a>(&'a self, app: &'a str) -> impl Iterator<Item = u32> + 'a {
+        self.procs
+            .values()
+            .filter(move |p| p.app == app)
+            .map(|p| p.id)
+    }
+
+    /// Starts a settled instance (user request); `count_restart` adds to its ↺ counter.
+    fn start_proc(&mut self, id: u32, count_restart: bool) {
+        let Some(p) = self.procs.get_mut(&id) else {
+            return;
+        };
+        if !p.settled() {
+            return;
+        }
+        if count_restart {
+            p.restarts += 1;
+        }
+        p.history = RestartHistory::default();
+        p.reason = None;
+        if transition(p, Event::StartRequested) {
+            self.spawn_proc(id);
+        }
+    }
+
+    /// Spawns the process of an instance that is `launching`.
+    fn spawn_proc(&mut self, id: u32) {
+        let Some(p) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let Some(app) = self.apps.get(&p.app) else {
+            return;
+        };
+        let spec = &app.spec;
+        let (out_log, err_log) = log_paths(&self.logs_dir, spec, p.id);
+        let input = SpawnInput {
+            spec,
+            instance: p.instance,
+            id: p.id,
+            out_log: &out_log,
+            err_log: &err_log,
+        };
+        let result = process::spawn(&input);
+        p.out_log = out_log;
+        p.err_log = err_log;
+        p.deadline = None;
+        self.dirty = true;
+        match result {
+            Ok(tracked) => {
+                p.run = Some(Run {
+                    tracked,
+                    started: Instant::now(),
+                    started_at_us: unix_micros(),
+                });
+                self.by_pid.insert(tracked.pid, id);
+                transition(p, Event::Spawned);
+                // Fork mode has no readiness signal yet: a spawned process is online.
+                transition(p, Event::Ready);
+                debug!(id, pid = tracked.pid.as_raw(), app = %p.app, "spawned");
+            }
+            Err(e) => {
+                let reason = format!("could not start {}: {e}", spec.script.display());
+                warn!(id, app = %p.app, %reason);
+                p.reason = Some(reason);
+                transition(p, Event::SpawnFailed);
+            }
+        }
+    }
+
+    /// Asks these instances to stop: running ones get their kill signal and a kill deadline.
+    fn stop_ids(&mut self, ids: &[u32]) {
+        for id in ids {
+            let Some(p) = self.procs.get_mut(id) else {
+                continue;
+            };
+            let Some(app) = self.apps.get(&p.app) else {
+                continue;
+            };
+            let was_running = matches!(p.status, Status::Launching | Status::Online);
+            if !transition(p, Event::StopRequested) {
+                continue;
+            }
+            self.dirty = true;
+            p.deadline = None;
+            if was_running && let Some(run) = p.run {
+                let sig = process::parse_signal(&app.spec.kill_signal);
+                if let Err(e) = process::signal_group(run.tracked, sig) {
+                    debug!(id, %e, "stop signal not delivered");
+                }
+                let timeout = Duration::from_millis(app.spec.kill_timeout_ms);
+                p.deadline = Some((Instant::now() + timeout, DeadlineKind::Kill));
+            }
+        }
+    }
+
+    /// Reaps every exited child and applies the restart policy to managed ones.
+    fn reap_all(&mut self) {
+        loop {
+            match process::reap_one() {
+                Ok(Some((pid, exit))) => match self.by_pid.remove(&pid) {
+                    Some(id) => self.on_exit(id, exit),
+                    None => debug!(pid = pid.as_raw(), ?exit, "reaped an orphan"),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    error!(%e, "waitpid failed");
+                    break;
+                }
+            }
+        }
+        self.check_draining();
+    }
+
+    /// Finishes the stop of every instance whose process group has emptied.
+    fn check_draining(&mut self) {
+        for p in self.procs.values_mut() {
+            if let Some(pgid) = p.draining
+                && !process::group_alive(pgid)
+            {
+                p.draining = None;
+                p.deadline = None;
+                transition(p, Event::StoppedExit);
+                self.dirty = true;
+                info!(id = p.id, app = %p.app, "stopped");
+            }
+        }
+    }
+
+    fn on_exit(&mut self, id: u32, exit: ExitReason) {
+        let Some(p) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let Some(run) = p.run.take() else { return };
+        self.dirty = true;
+        // The leader is gone: nothing of its group may outlive it (systemd's control-group rule).
+        let group_left = process::group_alive(run.tracked.pid);
+        if group_left {
+            let _ = process::signal_group(run.tracked, Signal::SIGKILL);
+        }
+        let uptime = run.started.elapsed();
+        p.last_exit = Some(process::describe_exit(exit));
+        if p.status == Status::Stopping {
+            if group_left {
+                // Stopped only once the group is empty, so `stop` never returns with a member alive.
+                p.draining = Some(run.tracked.pid);
+                p.deadline = Some((Instant::now() + DRAIN_RECHECK, DeadlineKind::Drain));
+            } else {
+                p.deadline = None;
+                transition(p, Event::StoppedExit);
+                info!(id, app = %p.app, exit = ?exit, "stopped");
+            }
+            return;
+        }
+        let Some(app) = self.apps.get(&p.app) else {
+            return;
+        };
+        let decision = policy::decide(&app.policy, &mut p.history, exit, uptime);
+        info!(id, app = %p.app, exit = ?exit, uptime_ms = uptime.as_millis() as u64, ?decision, "exited");
+        match decision {
+            Decision::Restart { delay } => {
+                transition(p, Event::ExitedRestart);
+                p.restarts += 1;
+                if delay.is_zero() {
+                    transition(p, Event::DelayElapsed);
+                    self.spawn_proc(id);
+                } else {
+                    p.deadline = Some((Instant::now() + delay, DeadlineKind::Restart));
+                }
+            }
+            Decision::Stop { reason } => {
+                p.reason = Some(reason);
+                transition(p, Event::ExitedStop);
+            }
+            Decision::Errored { reason } => {
+                p.reason = Some(reason);
+                transition(p, Event::ExitedErrored);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.procs
+            .values()
+            .filter_map(|p| p.deadline.map(|(at, _)| at))
+            .min()
+    }
+
+    fn fire_deadlines(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(u32, DeadlineKind)> = self
+            .procs
+            .values()
+            .filter_map(|p| {
+                p.deadline
+                    .filter(|(at, _)| *at <= now)
+                    .map(|(_, k)| (p.id, k))
+            })
+            .collect();
+        for (id, kind) in due {
+            let Some(p) = self.procs.get_mut(&id) else {
+                continue;
+            };
+            p.deadline = None;
+            self.dirty = true;
+            match kind {
+                DeadlineKind::Restart => {
+                    if transition(p, Event::DelayElapsed) {
+                        self.spawn_proc(id);
+                    }
+                }
+                DeadlineKind::Kill => {
+                    if let Some(run) = p.run {
+                        warn!(id, app = %p.app, "kill_timeout elapsed; sending SIGKILL to the group");
+                        let _ = process::signal_group(run.tracked, Signal::SIGKILL);
+                    }
+                }
+                DeadlineKind::Drain => {
+                    if let Some(pgid) = p.draining {
+                        let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+                        p.deadline = Some((now + DRAIN_RECHECK, DeadlineKind::Drain));
+                    }
+                }
+            }
+        }
+        self.check_draining();
+    }
+
+    /// Runs every pending continuation whose instances have all settled.
+    fn run_pending(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let done = self.pending[i]
+                .ids
+                .iter()
+                .all(|id| self.procs.get(id).is_none_or(Proc::settled));
+            if done {
+                let pending = self.pending.swap_remove(i);
+                self.complete(pending);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn complete(&mut self, Pending { ids, then }: Pending) {
+        self.dirty = true;
+        match then {
+            Then::Reply(reply) => {
+                let processes = self.infos(&ids);
+                let _ = reply.send(Ok(ActionResponse { processes, ids }));
+            }
+            Then::Restart(reply) => {
+                for &id in &ids {
+                    self.start_proc(id, true);
+                }
+                let processes = self.infos(&ids);
+                let _ = reply.send(Ok(ActionResponse { processes, ids }));
+            }
+            Then::Delete(reply) => {
+                self.remove(&ids);
+                let _ = reply.send(Ok(ActionResponse {
+                    processes: vec![],
+                    ids,
+                }));
+            }
+            Then::Apply {
+                specs,
+                mut response,
+                names,
+                reply,
+            } => {
+                for spec in specs {
+                    self.apply_changed(spec);
+                }
+                response.processes = self.infos_of_apps(&names);
+                let _ = reply.send(Ok(response));
+            }
+            Then::Kill(reply) => {
+                self.remove(&ids);
+                let _ = reply.send(Ok(ActionResponse {
+                    processes: vec![],
+                    ids,
+                }));
+                self.shutdown.cancel();
+            }
+        }
+    }
+
+    /// Replaces a (stopped) app's spec, adjusts its instance count and starts it again.
+    fn apply_changed(&mut self, spec: AppSpec) {
+        let name = spec.name.clone();
+        let wanted = spec.instances as usize;
+        let Some(app) = self.apps.get_mut(&name) else {
+            // Deleted meanwhile: treat it as new.
+            self.add_app(spec);
+            return;
+        };
+        app.policy = RestartPolicy::from(&spec);
+        app.spec = Arc::new(spec);
+        let mut ids: Vec<u32> = self.ids_of(&name).collect();
+        ids.sort_by_key(|id| self.procs[id].instance);
+        if ids.len() > wanted {
+            let extra = ids.split_off(wanted);
+            self.remove(&extra);
+        }
+        while ids.len() < wanted {
+            ids.push(self.add_proc(&name));
+        }
+        for id in ids {
+            self.start_proc(id, true);
+        }
+        info!(app = %name, "app updated");
+    }
+
+    fn remove(&mut self, ids: &[u32]) {
+        for id in ids {
+            if let Some(p) = self.procs.remove(id) {
+                if let Some(run) = p.run {
+                    // Not settled (should not happen): never leave a process behind.
+                    let _ = process::signal_group(run.tracked, Signal::SIGKILL);
+                    self.by_pid.remove(&run.tracked.pid);
+                }
+                let app_left = self.procs.values().any(|q| q.app == p.app);
+                if !app_left {
+                    self.apps.remove(&p.app);
+                    info!(app = %p.app, "app deleted");
+                } else if let Some(app) = self.apps.get_mut(&p.app) {
+                    let mut spec = (*app.spec).clone();
+                    spec.instances = spec.instances.saturating_sub(1).max(1);
+                    app.spec = Arc::new(spec);
+                }
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Last resort when the supervisor ends with processes still running: SIGKILL their groups.
+    fn stop_everything_now(&mut self) {
+        for p in self.procs.values_mut() {
+            if let Some(run) = p.run.take() {
+                let _ = process::signal_group(run.tracked, Signal::SIGKILL);
+                p.status = Status::Stopped;
+            }
+        }
+        self.reap_all();
+    }
+
+    fn info(&self, p: &Proc) -> ProcessInfo {
+        let (namespace, exec_mode) = self
+            .apps
+            .get(&p.app)
+            .map(|a| (a.spec.namespace.clone(), a.spec.exec_mode))
+            .unwrap_or_default();
+        ProcessInfo {
+            id: p.id,
+            name: p.app.clone(),
+            namespace,
+            instance: p.instance,
+            exec_mode,
+            pid: p.run.map(|r| r.tracked.pid.as_raw() as u32),
+            status: p.status,
+            restarts: p.restarts,
+            unstable_restarts: p.history.unstable_restarts,
+            started_at_us: p.run.map(|r| r.started_at_us),
+            cpu_percent: None,
+            memory_bytes: None,
+            user: self.user.clone(),
+            reason: p.reason.clone(),
+            last_exit: p.last_exit.clone(),
+        }
+    }
+
+    fn infos(&self, ids: &[u32]) -> Vec<ProcessInfo> {
+        ids.iter()
+            .filter_map(|id| self.procs.get(id))
+            .map(|p| self.info(p))
+            .collect()
+    }
+
+    fn infos_of_apps(&self, names: &[String]) -> Vec<ProcessInfo> {
+        self.procs
+            .values()
+            .filter(|p| names.contains(&p.app))
+            .map(|p| self.info(p))
+            .collect()
+    }
+
+    fn publish(&mut self) {
+        let snapshot = Snapshot {
+            processes: self.procs.values().map(|p| self.info(p)).collect(),
+            specs: self
+                .apps
+                .iter()
+                .map(|(n, a)| (n.clone(), a.spec.clone()))
+                .collect(),
+            logs: self
+                .procs
+                .values()
+                .map(|p| {
+                    let paths = match self.apps.get(&p.app) {
+                        Some(a) if p.out_log.as_os_str().is_empty() => {
+                            log_paths(&self.logs_dir, &a.spec, p.id)
+                        }
+                        _ => (p.out_log.clone(), p.err_log.clone()),
+                    };
+                    (p.id, paths)
+                })
+                .collect(),
+        };
+        self.snapshot.send_replace(Arc::new(snapshot));
+        self.dirty = false;
+    }
+}
+
+/// Applies a lifecycle event; logs and refuses an illegal one. Returns whether it was applied.
+fn transition(p: &mut Proc, event: Event) -> bool {
+    match lifecycle::next(p.status, event) {
+        Some(to) => {
+            p.status = to;
+            true
+        }
+        None => {
+            warn!(id = p.id, from = ?p.status, ?event, "illegal lifecycle transition ignored");
+            false
+        }
+    }
+}
+
+/// `<logs>/<name>-out.log` for a single instance, `<name>-out-<id>.log` when the app has several.
+fn log_paths(logs_dir: &std::path::Path, spec: &AppSpec, id: u32) -> (PathBuf, PathBuf) {
+    if spec.instances > 1 {
+        (
+            logs_dir.join(format!("{}-out-{id}.log", spec.name)),
+            logs_dir.join(format!("{}-error-{id}.log", spec.name)),
+        )
+    } else {
+        (
+            logs_dir.join(format!("{}-out.log", spec.name)),
+            logs_dir.join(format!("{}-error.log", spec.name)),
+        )
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn triples() -> Vec<(u32, &'static str, &'static str)> {
+        vec![
+            (0, "api", "web"),
+            (1, "api", "web"),
+            (2, "worker", "jobs"),
+            (3, "web", "other"),
+        ]
+    }
+
+    #[test]
+    fn targets_resolve_by_all_id_name_then_namespace() {
+        let t = triples();
+        assert_eq!(
+            resolve_target("all", t.iter().copied()).unwrap(),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(resolve_target("2", t.iter().copied()).unwrap(), vec![2]);
+        assert_eq!(
+            resolve_target("api", t.iter().copied()).unwrap(),
+            vec![0, 1]
+        );
+        assert_eq!(resolve_target("jobs", t.iter().copied()).unwrap(), vec![2]);
+        // A name wins over a namespace of the same name.
+        assert_eq!(resolve_target("web", t.iter().copied()).unwrap(), vec![3]);
+        let err = resolve_target("nope", t.iter().copied()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        assert_eq!(
+            resolve_target(" ", t.iter().copied()).unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! Repository rules, checked as ordinary tests (`cargo test -p xtask`, part of `cargo test --workspace`).
+//!
+//! Each test walks the repository from the workspace root, collects every violation as
+//! `<file>: <rule>`, and fails once with the whole list, so one run shows everything to fix.
+//! Every rule says why it exists; a rule without a reason should be deleted, not obeyed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root (the parent of `xtask/`).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// `path` relative to the root, with `/` separators, for messages.
+fn display(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .replace('\\', "/")
+}
+
+/// Every file under `dir` (recursively) whose name satisfies `keep`, skipping `target` directories and
+/// hidden directories. Sorted, so failure lists are stable.
+fn files_under(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if name != "target" && !name.starts_with('.') {
+                    pending.push(path);
+                }
+            } else if keep(&path) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The directories whose sources the rules cover.
+const SOURCE_DIRS: &[&str] = &["crates", "xtask"];
+
+/// Every `.rs` file under [`SOURCE_DIRS`].
+fn rust_files(root: &Path) -> Vec<PathBuf> {
+    SOURCE_DIRS
+        .iter()
+        .flat_map(|dir| {
+            files_under(&root.join(dir), &|path| {
+                path.extension().is_some_and(|ext| ext == "rs")
+            })
+        })
+        .collect()
+}
+
+/// Fails with one line per violation, if there are any.
+fn report(rule: &str, violations: Vec<String>) {
+    assert!(
+        violations.is_empty(),
+        "tidy rule violated: {rule}\n{}\n",
+        violations
+            .iter()
+            .map(|v| format!("  {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Rule: every `.rs` file starts with a `//!` module doc (its first non-empty line).
+///
+/// Why: the module doc is the map. A reader opening any file learns what it owns before reading code,
+/// and `cargo doc` shows every module with a summary.
+#[test]
+fn every_rust_file_starts_with_a_module_doc() {
+    let root = repo_root();
+    let mut violations = Vec::new();
+    for path in rust_files(&root) {
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                violations.push(format!("{}: cannot be read: {e}", display(&root, &path)));
+                continue;
+            }
+        };
+        let first = text.lines().map(str::trim).find(|line| !line.is_empty());
+        if !first.is_some_and(|line| line.starts_with("//!")) {
+            violations.push(format!(
+                "{}: first non-empty line must be a `//!` module doc",
+                display(&root, &path)
+            ));
+        }
+    }
+    report("every .rs file starts with a `//!` module doc", violations);
+}
+
+/// Rule: no debugging or unfinished-work markers in any `.rs` file, not even in comments or strings.
+///
+/// Why: `dbg` output pollutes the daemon's stdout, `todo`/`unimplemented` panic at run time, and an
+/// ignored test is a test nobody runs. The compiler lints catch the macros in code; this catches the
+/// rest (doc examples, commented-out code) and the ignore attribute, which no lint covers.
+#[test]
+fn no_debugging_leftovers() {
+    // Built from pieces so that this file does not contain the strings it looks for.
+    let needles = [
+        concat!("db", "g!("),
+        concat!("to", "do!("),
+        concat!("unimpl", "emented!("),
+        concat!("#[", "ignore"),
+    ];
+    let root = repo_root();
+    let mut violations = Vec::new();
+    for path in rust_files(&root) {
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        for (index, line) in text.lines().enumerate() {
+            for needle in needles {
+                if line.contains(needle) {
+                    violations.push(format!(
+                        "{}:{}: contains `{needle}`",
+                        display(&root, &path),
+                        index + 1
+                    ));
+                }
+            }
+        }
+    }
+    report(
+        "no debugging or unfinished-work markers in .rs files",
+        violations,
+    );
+}
+
+/// The dependency tables of a manifest: `[dependencies]`, `[dev-dependencies]`,
+/// `[build-dependencies]`, and the same under every `[target.<cfg>]`, with a label for messages.
+fn dependency_tables(manifest: &toml::Table) -> Vec<(String, &toml::Table)> {
+    const KINDS: &[&str] = &["dependencies", "dev-dependencies", "build-dependencies"];
+    let mut tables = Vec::new();
+    for kind in KINDS {
+        if let Some(table) = manifest.get(*kind).and_then(toml::Value::as_table) {
+            tables.push(((*kind).to_string(), table));
+        }
+    }
+    if let Some(targets) = manifest.get("target").and_then(toml::Value::as_table) {
+        for (cfg, target) in targets {
+            for kind in KINDS {
+                if let Some(table) = target.get(*kind).and_then(toml::Value::as_table) {
+                    tables.push((format!("target.{cfg}.{kind}"), table));
+                }
+            }
+        }
+    }
+    tables
+}
+
+/// Rule: every dependency of every crate is `<name>.workspace = true`, declared once in the root
+/// `[workspace.dependencies]` (a crate may still add features or make it optional).
+///
+/// Why: one version of each dependency for the whole workspace, chosen in one place, so crates can't
+/// drift apart and the lock file stays small.
+#[test]
+fn dependencies_come_from_the_workspace() {
+    let root = repo_root();
+    let manifests: Vec<PathBuf> = SOURCE_DIRS
+        .iter()
+        .flat_map(|dir| {
+            files_under(&root.join(dir), &|path| {
+                path.file_name().is_some_and(|name| name == "Cargo.toml")
+            })
+        })
+        .collect();
+    assert!(
+        !manifests.is_empty(),
+        "no Cargo.toml found under crates/ or xtask/"
+    );
+    let mut violations = Vec::new();
+    for path in manifests {
+        let shown = display(&root, &path);
+        let manifest = match fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| text.parse::<toml::Table>().map_err(|e| e.to_string()))
+        {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                violations.push(format!("{shown}: cannot be read as TOML: {e}"));
+                continue;
+            }
+        };
+        for (kind, table) in dependency_tables(&manifest) {
+            for (name, spec) in table {
+                let inherited = spec
+                    .as_table()
+                    .and_then(|spec| spec.get("workspace"))
+                    .and_then(toml::Value::as_bool)
+                    == Some(true);
+                if !inherited {
+                    violations.push(format!(
+                        "{shown}: [{kind}] `{name}` must be `{name}.workspace = true` \
+                         (declare it in the root [workspace.dependencies])"
+                    ));
+                }
+            }
+        }
+    }
+    report("every dependency uses `workspace = true`", violations);
+}
+
+/// What may sit at the repository root. Anything else belongs in a crate, `docs/` or `xtask/`.
+const ROOT_ALLOWED: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    "crates",
+    "docs",
+    "ecosystem.example.toml",
+    "xtask",
+    "README.md",
+    ".gitignore",
+    ".ci",
+    ".cargo",
+    ".git",
+    "LICENSE",
+    "target",
+];
+
+/// Names of the root's entries: from `git ls-files` (tracked plus untracked-but-not-ignored, so
+/// ignored build output and logs don't count) when git works, else from the directory listing.
+fn root_entries(root: &Path) -> Vec<String> {
+    let listed = Command::new("git")
+        .args([
+            "ls-files",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "-z",
+        ])
+        .current_dir(root)
+        .output();
+    let mut names: Vec<String> = match listed {
+        Ok(output) if output.status.success() => output
+            .stdout
+            .split(|byte| *byte == 0)
+            .filter(|path| !path.is_empty())
+            .filter_map(|path| {
+                let path = String::from_utf8_lossy(path);
+                path.split('/').next().map(str::to_string)
+            })
+            .collect(),
+        _ => fs::read_dir(root)
+            .expect("the repository root can be listed")
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect(),
+    };
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Rule: nothing loose at the repository root beyond [`ROOT_ALLOWED`].
+///
+/// Why: the root is the first thing a newcomer sees; scratch files, stray notes and one-off scripts
+/// there hide the few files that matter.
+#[test]
+fn nothing_loose_at_the_repository_root() {
+    let root = repo_root();
+    let violations: Vec<String> = root_entries(&root)
+        .into_iter()
+        .filter(|name| !ROOT_ALLOWED.contains(&name.as_str()))
+        .map(|name| {
+            format!(
+                "{name}: not allowed at the repository root (move it into a crate, docs/ or xtask/)"
+            )
+        })
+        .collect();
+    report("nothing loose at the repository root", violations);
+}
+
+/// Rule: the architecture and configuration docs exist and are not empty.
+///
+/// Why: the design notes say the code's own docs describe how it is built and configured today;
+/// losing or emptying them is a regression like any failing test.
+#[test]
+fn architecture_and_configuration_docs_exist() {
+    let root = repo_root();
+    let mut violations = Vec::new();
+    for doc in ["docs/architecture.md", "docs/configuration.md"] {
+        match fs::read_to_string(root.join(doc)) {
+            Ok(text) if text.trim().is_empty() => violations.push(format!("{doc}: is empty")),
+            Ok(_) => {}
+            Err(e) => violations.push(format!("{doc}: missing or unreadable: {e}")),
+        }
+    }
+    report(
+        "docs/architecture.md and docs/configuration.md exist",
+        violations,
+    );
+}
