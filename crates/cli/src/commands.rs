@@ -258,13 +258,17 @@ fn style() -> Style {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     Style {
         color: tty && !no_color,
-        width: if tty { terminal_width() } else { None },
+        width: terminal_width(tty),
     }
 }
 
-fn terminal_width() -> Option<u16> {
+/// `COLUMNS` when set (even when piped), else the terminal's width, else `None` (no limit).
+fn terminal_width(tty: bool) -> Option<u16> {
     if let Some(cols) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
         return Some(cols);
+    }
+    if !tty {
+        return None;
     }
     let mut ws = nix::libc::winsize {
         ws_row: 0,
