@@ -124,11 +124,10 @@ impl Client {
             .header("content-type", "application/json")
             .header(VERSION_HEADER, VERSION)
             .body(Full::new(body))?;
-        let resp = self
-            .sender
-            .send_request(req)
-            .await
-            .context("the daemon closed the connection")?;
+        let resp = self.sender.send_request(req).await.with_context(|| {
+            "the daemon closed the connection (it refuses clients running as another user; \
+                 see its log pm2rs.log)"
+        })?;
         let status = resp.status();
         let daemon_version = resp
             .headers()

@@ -295,7 +295,7 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<ExitCode> {
 }
 
 /// A status line for humans, prefixed like PM2's `[PM2]`.
-fn say(line: &str) -> std::io::Result<()> {
+fn say(line: &str) -> Result<(), StdoutClosed> {
     if line.is_empty() {
         return Ok(());
     }
@@ -303,15 +303,31 @@ fn say(line: &str) -> std::io::Result<()> {
     write_out(&prefixed.concat())
 }
 
-/// Writes to stdout; a broken pipe surfaces as an `io::Error` that `main` treats as success.
-fn write_out(text: &str) -> std::io::Result<()> {
+/// Writes to stdout. Any failure (in practice a closed pipe, as in `pm2rs list | head -1`) becomes
+/// [`StdoutClosed`], which `main` treats as success: nobody is left to read.
+fn write_out(text: &str) -> Result<(), StdoutClosed> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    if !text.ends_with('\n') {
-        out.write_all(b"\n")?;
-    }
-    out.flush()
+    let mut write = || -> std::io::Result<()> {
+        out.write_all(text.as_bytes())?;
+        if !text.ends_with('\n') {
+            out.write_all(b"\n")?;
+        }
+        out.flush()
+    };
+    write().map_err(StdoutClosed)
 }
+
+/// Stdout could not be written; distinct from a broken pipe to the daemon, which is a failure.
+#[derive(Debug)]
+pub struct StdoutClosed(pub std::io::Error);
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
 
 #[cfg(test)]
 mod tests {

@@ -148,12 +148,14 @@ fn main() -> ExitCode {
 
 /// Prints an error and picks the exit code; a closed stdout (`pm2rs list | head -1`) is success.
 fn fail(err: &anyhow::Error) -> ExitCode {
-    for cause in err.chain() {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::BrokenPipe
-        {
-            return ExitCode::SUCCESS;
-        }
+    if let Some(closed) = err.downcast_ref::<commands::StdoutClosed>() {
+        return if closed.0.kind() == std::io::ErrorKind::BrokenPipe {
+            ExitCode::SUCCESS
+        } else {
+            // Not a reader going away (e.g. a full disk): say so where it can still be seen.
+            eprintln!("pm2rs: {closed}");
+            ExitCode::FAILURE
+        };
     }
     let code = if err.downcast_ref::<UsageError>().is_some()
         || err.downcast_ref::<pm2rs_config::ConfigErrors>().is_some()

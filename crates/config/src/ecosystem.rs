@@ -120,8 +120,8 @@ pub(crate) fn load_with(
     let cpus = effective_cpus(opts.cpus);
     let mut checked = Vec::new();
     for (i, app) in apps.iter().enumerate() {
-        let selected = opts.only.is_empty()
-            || raw_name(app).is_some_and(|name| opts.only.iter().any(|o| *o == name));
+        let selected =
+            opts.only.is_empty() || raw_name(app).is_some_and(|name| opts.only.contains(&name));
         let ctx = Ctx {
             format,
             base_dir: &base_dir,

@@ -370,14 +370,29 @@ restart_delay = "1500ms"
 fn the_list_fits_an_80_column_terminal_by_dropping_columns() {
     let t = Pm2rs::new();
     t.script("s.sh", "exec sleep 1000");
-    t.ok(&["start", "s.sh", "--name", "a-rather-long-application-name", "--namespace", "payments", "-i", "3"]);
+    t.ok(&[
+        "start",
+        "s.sh",
+        "--name",
+        "a-rather-long-application-name",
+        "--namespace",
+        "payments",
+        "-i",
+        "3",
+    ]);
     t.wait_online("a-rather-long-application-name", 3);
     let wide = t.ok(&["list"]);
-    assert!(wide.contains("namespace") && wide.contains("user"), "all columns without a width: {wide}");
+    assert!(
+        wide.contains("namespace") && wide.contains("user"),
+        "all columns without a width: {wide}"
+    );
     let out = t.command(&["list"]).env("COLUMNS", "80").output().unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
     for line in table.lines() {
-        assert!(line.chars().count() <= 80, "line wider than 80 columns: {line:?}\n{table}");
+        assert!(
+            line.chars().count() <= 80,
+            "line wider than 80 columns: {line:?}\n{table}"
+        );
     }
     assert!(table.contains("online") && table.contains("id"), "{table}");
 }
