@@ -206,7 +206,7 @@ async fn kill(home: &std::path::Path) -> anyhow::Result<ExitCode> {
     let resp: ActionResponse = c.post(routes::KILL, &()).await?;
     let deadline = Instant::now() + KILL_WAIT;
     let pid = nix::unistd::Pid::from_raw(ping.pid as i32);
-    while process_alive(pid) {
+    while pm2rs_daemon::process::is_running(pid) {
         if Instant::now() > deadline {
             anyhow::bail!(
                 "the daemon (pid {pid}) is still running after {}s",
@@ -220,20 +220,6 @@ async fn kill(home: &std::path::Path) -> anyhow::Result<ExitCode> {
         resp.ids.len()
     ))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Alive and not a zombie (a daemon whose parent does not reap it is gone for our purposes).
-fn process_alive(pid: nix::unistd::Pid) -> bool {
-    if nix::sys::signal::kill(pid, None).is_err() {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
 }
 
 fn parse_scale(count: &str) -> anyhow::Result<ScaleTo> {

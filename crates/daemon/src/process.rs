@@ -85,13 +85,24 @@ fn open_log(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// Start time of `pid` in clock ticks since boot, from `/proc/<pid>/stat`.
-pub fn start_ticks(pid: Pid) -> Option<u64> {
+/// Field `n` (1-based, as in proc(5); n ≥ 3) of `/proc/<pid>/stat`, or None if the process is gone.
+fn stat_field(pid: Pid, n: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    // rest starts at field 3 (state); start time is field 22 → index 19 here.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace()
+        .nth(n.checked_sub(3)?)
+        .map(str::to_owned)
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn start_ticks(pid: Pid) -> Option<u64> {
+    stat_field(pid, 22)?.parse().ok()
+}
+
+/// Whether `pid` exists and is not a zombie (a zombie has exited; only its parent's reaping is left).
+pub fn is_running(pid: Pid) -> bool {
+    kill(pid, None).is_ok() && stat_field(pid, 3).is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// Sends `signal` to the whole process group led by `tracked`, after checking that the leader is still
@@ -166,6 +177,23 @@ mod tests {
         let a = start_ticks(me).expect("own stat");
         assert!(a > 0);
         assert_eq!(start_ticks(me), Some(a));
+    }
+
+    #[test]
+    fn running_means_alive_and_not_a_zombie() {
+        assert!(is_running(Pid::this()));
+        let child = Command::new("true").spawn().expect("spawn true");
+        let pid = Pid::from_raw(child.id() as i32);
+        // Unreaped after exit: a zombie, which does not count as running.
+        let gone = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            !is_running(pid)
+        });
+        assert!(gone, "an exited, unreaped child still counts as running");
+        assert_eq!(stat_field(pid, 3).as_deref(), Some("Z"));
+        drop(child);
+        let _ = waitpid(pid, None);
+        assert!(!is_running(pid));
     }
 
     #[test]

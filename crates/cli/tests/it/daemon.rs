@@ -205,3 +205,25 @@ fn a_closed_stdout_is_a_quiet_success() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn sigterm_to_the_daemon_stops_every_app_then_the_daemon() {
+    let t = Pm2rs::new();
+    t.script("s.sh", "exec sleep 1000");
+    t.ok(&["start", "s.sh", "-i", "2"]);
+    let pids: Vec<u32> = t.wait_online("s", 2).iter().filter_map(|p| p.pid).collect();
+    let daemon = t.daemon_pid().expect("daemon pid");
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(
+        eventually(DEADLINE, || !alive(daemon)),
+        "daemon survived SIGTERM"
+    );
+    for pid in pids {
+        assert!(
+            !alive(nix::unistd::Pid::from_raw(pid as i32)),
+            "app {pid} survived the daemon's SIGTERM"
+        );
+    }
+    assert!(!t.home().join("pm2rs.sock").exists(), "socket left behind");
+    assert!(!t.home().join("pm2rs.pid").exists(), "pid file left behind");
+}
