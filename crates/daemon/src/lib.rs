@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
+use tracing_subscriber::filter::LevelFilter;
 
 use crate::api::{ApiState, PeerCheckedListener};
 use crate::home::Home;
@@ -99,9 +100,14 @@ pub async fn serve(
 
     let supervisor = Supervisor::new(home.logs_dir(), snapshot_tx, shutdown.clone());
     let sup_done = shutdown.clone();
+    // However the supervisor ends (a kill, an error, even a panic), the daemon ends with it rather
+    // than serving an API nobody acts on.
+    let supervisor = tokio::spawn(supervisor.run(cmd_rx));
     tracker.spawn(async move {
-        if let Err(e) = supervisor.run(cmd_rx).await {
-            error!(%e, "supervisor failed");
+        match supervisor.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(%e, "supervisor failed"),
+            Err(e) => error!(%e, "supervisor panicked"),
         }
         sup_done.cancel();
     });
@@ -171,12 +177,46 @@ fn init_tracing(home: &Home) -> anyhow::Result<()> {
         .append(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PM2RS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let level = std::env::var("PM2RS_LOG")
+        .ok()
+        .and_then(|v| log_level(&v))
+        .unwrap_or(LevelFilter::INFO);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(file))
         .try_init();
     Ok(())
+}
+
+/// The level asked for by `PM2RS_LOG`: a plain level (`debug`, `warn`, `off`, …). EnvFilter-style
+/// directives (`pm2rs_daemon=debug,info`) are accepted too, and the most verbose level among them
+/// applies to every target (a full `EnvFilter` would pull a regex engine into the daemon). `None`
+/// when nothing in the value is a level.
+fn log_level(value: &str) -> Option<LevelFilter> {
+    value
+        .split(',')
+        .filter_map(|directive| {
+            let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+            level.trim().parse::<LevelFilter>().ok()
+        })
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_level_reads_plain_levels_and_directives() {
+        assert_eq!(log_level("debug"), Some(LevelFilter::DEBUG));
+        assert_eq!(log_level("OFF"), Some(LevelFilter::OFF));
+        assert_eq!(
+            log_level("pm2rs_daemon=trace,warn"),
+            Some(LevelFilter::TRACE)
+        );
+        assert_eq!(log_level("nonsense"), None);
+        // Like an empty EnvFilter: errors only.
+        assert_eq!(log_level(""), Some(LevelFilter::ERROR));
+    }
 }

@@ -32,13 +32,8 @@ pub async fn run(
     out: watch::Sender<Arc<HashMap<u32, Sample>>>,
     shutdown: CancellationToken,
 ) {
-    let system = match System::new() {
-        Ok(sys) => Arc::new(Mutex::new(sys)),
-        Err(e) => {
-            tracing::error!(%e, "cannot sample process metrics; cpu and memory stay empty");
-            return;
-        }
-    };
+    // Created on the first tick with pids to sample, so an idle daemon never holds one.
+    let mut system: Option<Arc<Mutex<System>>> = None;
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -59,7 +54,16 @@ pub async fn run(
             }
             continue;
         }
-        let system = system.clone();
+        let system = match &system {
+            Some(sys) => sys.clone(),
+            None => match System::new() {
+                Ok(sys) => system.insert(Arc::new(Mutex::new(sys))).clone(),
+                Err(e) => {
+                    tracing::error!(%e, "cannot sample process metrics; cpu and memory stay empty");
+                    return;
+                }
+            },
+        };
         let sampled = tokio::task::spawn_blocking(move || {
             let Ok(mut sys) = system.lock() else {
                 return HashMap::new();
