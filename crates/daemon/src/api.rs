@@ -185,37 +185,33 @@ async fn start(
     .await
 }
 
-async fn stop(
-    State(state): State<ApiState>,
-    Json(req): Json<TargetRequest>,
-) -> ApiResult<ActionResponse> {
-    ask(&state, |reply| Command::Stop {
-        target: req.target,
+async fn stop(state: State<ApiState>, req: Json<TargetRequest>) -> ApiResult<ActionResponse> {
+    on_target(state, req, |target, reply| Command::Stop { target, reply }).await
+}
+
+async fn restart(state: State<ApiState>, req: Json<TargetRequest>) -> ApiResult<ActionResponse> {
+    on_target(state, req, |target, reply| Command::Restart {
+        target,
         reply,
     })
     .await
 }
 
-async fn restart(
-    State(state): State<ApiState>,
-    Json(req): Json<TargetRequest>,
-) -> ApiResult<ActionResponse> {
-    ask(&state, |reply| Command::Restart {
-        target: req.target,
+async fn delete(state: State<ApiState>, req: Json<TargetRequest>) -> ApiResult<ActionResponse> {
+    on_target(state, req, |target, reply| Command::Delete {
+        target,
         reply,
     })
     .await
 }
 
-async fn delete(
+/// The shared body of the routes that act on a target.
+async fn on_target(
     State(state): State<ApiState>,
     Json(req): Json<TargetRequest>,
+    make: fn(String, Reply<ActionResponse>) -> Command,
 ) -> ApiResult<ActionResponse> {
-    ask(&state, |reply| Command::Delete {
-        target: req.target,
-        reply,
-    })
-    .await
+    ask(&state, |reply| make(req.target, reply)).await
 }
 
 async fn scale(

@@ -823,7 +823,10 @@ impl Supervisor {
         info!(app = %name, "app updated");
     }
 
+    /// Forgets these (settled) instances. An app's instance count is derived from what remains; an
+    /// app with none left is forgotten too.
     fn remove(&mut self, ids: &[u32]) {
+        let mut apps = Vec::new();
         for id in ids {
             if let Some(p) = self.procs.remove(id) {
                 if let Some(run) = p.run {
@@ -831,15 +834,22 @@ impl Supervisor {
                     let _ = process::signal_group(run.tracked, Signal::SIGKILL);
                     self.by_pid.remove(&run.tracked.pid);
                 }
-                let app_left = self.procs.values().any(|q| q.app == p.app);
-                if !app_left {
-                    self.apps.remove(&p.app);
-                    info!(app = %p.app, "app deleted");
-                } else if let Some(app) = self.apps.get_mut(&p.app) {
-                    let mut spec = (*app.spec).clone();
-                    spec.instances = spec.instances.saturating_sub(1).max(1);
-                    app.spec = Arc::new(spec);
+                if !apps.contains(&p.app) {
+                    apps.push(p.app);
                 }
+            }
+        }
+        for name in apps {
+            let left = self.ids_of(&name).count() as u32;
+            if left == 0 {
+                self.apps.remove(&name);
+                info!(app = %name, "app deleted");
+            } else if let Some(app) = self.apps.get_mut(&name)
+                && app.spec.instances != left
+            {
+                let mut spec = (*app.spec).clone();
+                spec.instances = left;
+                app.spec = Arc::new(spec);
             }
         }
         self.dirty = true;
