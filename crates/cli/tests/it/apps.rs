@@ -232,6 +232,16 @@ fn scale_adds_and_removes_instances() {
         "scaled-down instance still alive"
     );
     assert!(procs.iter().all(|p| p.instance < 2));
+    let described: Vec<pm2rs_proto::Described> =
+        serde_json::from_str(&t.ok(&["describe", "pool", "--json"])).unwrap();
+    assert!(
+        described.iter().all(|d| d.spec.instances == 2),
+        "stored instance count follows scale: {:?}",
+        described
+            .iter()
+            .map(|d| d.spec.instances)
+            .collect::<Vec<_>>()
+    );
 
     t.ok(&["scale", "pool", "4"]);
     t.wait_online("pool", 4);
