@@ -317,6 +317,16 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
             .join(", ")
     };
 
+    let listen = if s.listen.is_empty() {
+        dash()
+    } else {
+        let addrs: Vec<String> = s.listen.iter().map(ToString::to_string).collect();
+        format!(
+            "{} ({})",
+            addrs.join(", "),
+            clean(&format!("{:?}", s.cluster_socket)).to_lowercase()
+        )
+    };
     let rows: Vec<(&str, String)> = vec![
         ("status", p.status.as_str().to_string()),
         ("name", clean(&p.name).into_owned()),
@@ -343,6 +353,7 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
         ("started at", started),
         ("last exit", opt(p.last_exit.as_deref())),
         ("reason", opt(p.reason.as_deref())),
+        ("notify status", opt(p.notify_status.as_deref())),
         ("autorestart", s.autorestart.to_string()),
         ("max_restarts", s.max_restarts.to_string()),
         ("min_uptime", format_duration(s.min_uptime_ms)),
@@ -355,6 +366,9 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
         ("stop_exit_codes", stop_codes),
         ("kill_signal", clean(&s.kill_signal).into_owned()),
         ("kill_timeout", format_duration(s.kill_timeout_ms)),
+        ("listen", listen),
+        ("wait_ready", s.wait_ready.to_string()),
+        ("listen_timeout", format_duration(s.listen_timeout_ms)),
         ("out log path", path(&d.out_log)),
         ("error log path", path(&d.err_log)),
         ("source file", s.source.as_deref().map_or_else(dash, path)),
@@ -588,7 +602,7 @@ fn max_line_width(text: &str) -> usize {
 mod tests {
     use std::collections::BTreeMap;
 
-    use pm2rs_proto::{AppSpec, ExecMode};
+    use pm2rs_proto::{AppSpec, ClusterSocket, ExecMode};
 
     use super::*;
 
@@ -612,6 +626,7 @@ mod tests {
             user: Some("deploy".to_string()),
             reason: (status == Status::Errored).then(|| "too many unstable restarts".to_string()),
             last_exit: None,
+            notify_status: None,
         }
     }
 
@@ -663,6 +678,13 @@ mod tests {
             kill_signal: "SIGINT".into(),
             kill_timeout_ms: 1600,
             source: Some("/srv/app/ecosystem.toml".into()),
+            listen: vec![],
+            cluster_socket: ClusterSocket::Reuseport,
+            instance_var: "NODE_APP_INSTANCE".into(),
+            increment_var: None,
+            wait_ready: false,
+            listen_timeout_ms: 3000,
+            watchdog_timeout_ms: None,
         }
     }
 

@@ -25,6 +25,14 @@ pub(crate) enum Field {
     KillSignal,
     KillTimeout,
     Namespace,
+    Port,
+    Listen,
+    ClusterSocket,
+    InstanceVar,
+    IncrementVar,
+    WaitReady,
+    ListenTimeout,
+    WatchdogTimeout,
 }
 
 /// When a recognised-but-unimplemented key may stay in a file: its value changes nothing.
@@ -40,8 +48,6 @@ pub(crate) enum Noop {
     Any,
     /// `false`, `""` or `[]`.
     FalseOrEmpty,
-    /// Exactly this string.
-    Str(&'static str),
 }
 
 impl Noop {
@@ -54,7 +60,6 @@ impl Noop {
             (Noop::FalseOrEmpty, Value::Bool(false)) => true,
             (Noop::FalseOrEmpty, Value::Str(s)) => s.is_empty(),
             (Noop::FalseOrEmpty, Value::Array(a)) => a.is_empty(),
-            (Noop::Str(want), Value::Str(got)) => want == got,
             _ => false,
         }
     }
@@ -66,7 +71,6 @@ impl Noop {
             Noop::Bool(b) => Some(format!("remove it or set it to {b}")),
             Noop::AnyBool => Some("remove it or set it to true or false".into()),
             Noop::FalseOrEmpty => Some("remove it or set it to false".into()),
-            Noop::Str(s) => Some(format!("remove it or set it to \"{s}\"")),
         }
     }
 }
@@ -105,6 +109,14 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("kill_signal", Is(F::KillSignal)),
     ("kill_timeout", Is(F::KillTimeout)),
     ("namespace", Is(F::Namespace)),
+    ("port", Is(F::Port)),
+    ("listen", Is(F::Listen)),
+    ("cluster_socket", Is(F::ClusterSocket)),
+    ("instance_var", Is(F::InstanceVar)),
+    ("increment_var", Is(F::IncrementVar)),
+    ("wait_ready", Is(F::WaitReady)),
+    ("listen_timeout", Is(F::ListenTimeout)),
+    ("watchdog_timeout", Is(F::WatchdogTimeout)),
     // PM2's aliases of implemented keys.
     ("exec", Is(F::Script)),
     ("exec_interpreter", Is(F::Interpreter)),
@@ -118,8 +130,6 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("max_memory_restart", NotYet(Noop::Never)),
     ("cron_restart", NotYet(Noop::FalseOrEmpty)),
     ("cron", NotYet(Noop::FalseOrEmpty)),
-    ("wait_ready", NotYet(Noop::Bool(false))),
-    ("listen_timeout", NotYet(Noop::Never)),
     ("shutdown_with_message", NotYet(Noop::Bool(false))),
     ("merge_logs", NotYet(Noop::Bool(false))),
     ("combine_logs", NotYet(Noop::Bool(false))),
@@ -131,10 +141,6 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("time", NotYet(Noop::Bool(false))),
     ("log_type", NotYet(Noop::Never)),
     ("disable_logs", NotYet(Noop::Bool(false))),
-    ("instance_var", NotYet(Noop::Str("NODE_APP_INSTANCE"))),
-    ("increment_var", NotYet(Noop::Never)),
-    ("port", NotYet(Noop::Never)),
-    ("listen", NotYet(Noop::Never)),
     ("autostart", NotYet(Noop::Bool(true))),
     ("treekill", NotYet(Noop::Bool(true))),
     ("kill_retry_time", NotYet(Noop::Never)),
@@ -246,6 +252,5 @@ mod tests {
         assert!(!Noop::Never.accepts(&Value::Bool(false)));
         assert!(Noop::AnyBool.accepts(&Value::Bool(true)));
         assert!(!Noop::AnyBool.accepts(&Value::Str("x".into())));
-        assert!(Noop::Str("NODE_APP_INSTANCE").accepts(&Value::Str("NODE_APP_INSTANCE".into())));
     }
 }

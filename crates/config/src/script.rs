@@ -30,11 +30,23 @@ pub(crate) fn app_from_script_with(
         ("instances", "--instances", &opts.instances),
         ("interpreter", "--interpreter", &opts.interpreter),
         ("namespace", "--namespace", &opts.namespace),
+        ("port", "--port", &opts.port),
     ];
     for (key, flag, value) in optional {
         if let Some(value) = value {
             entries.push(flag_entry(key, flag, Value::Str(value.clone())));
         }
+    }
+    if opts.port.is_some() {
+        // A port to share only makes sense in cluster mode (PM2: `-i` implies it for Node).
+        entries.push(flag_entry(
+            "exec_mode",
+            "--port",
+            Value::Str("cluster".into()),
+        ));
+    }
+    if opts.wait_ready {
+        entries.push(flag_entry("wait_ready", "--wait-ready", Value::Bool(true)));
     }
     if !opts.args.is_empty() {
         let args = opts

@@ -7,8 +7,12 @@
 //! - `daemon`: the daemon and its socket (start on first use, ping, kill, permissions, one per home).
 //! - `apps`: app lifecycle through the CLI (start, list, crash, restart policy, stop, delete, scale).
 //! - `config`: ecosystem files through the CLI (errors change nothing, profiles, JSON).
+//! - `cluster`: cluster mode, readiness and reload with real servers (Node, Python) on real sockets.
+//! - `http`: the load client those tests use.
 
 mod apps;
+mod cluster;
 mod config;
 mod daemon;
 mod harness;
+mod http;

@@ -1,0 +1,242 @@
+//! Cluster mode and readiness: what the supervisor needs to hand listening sockets to instances,
+//! learn when they are ready, and replace them without dropping a connection.
+//!
+//! # Layout
+//! - [`listeners`]: binding the app's sockets (SO_REUSEPORT per instance slot, or shared), the
+//!   "port in use" check, keeping them open across restarts.
+//! - [`handoff`]: the systemd socket-passing protocol at spawn (fds from 3, `LISTEN_*`).
+//! - [`notify`]: the sd_notify datagram socket (`NOTIFY_SOCKET`).
+//! - [`ipc`]: the Node IPC channel (`NODE_CHANNEL_FD`) for `process.send('ready')`.
+//! - `node_shim.js`: the preload shim for unmodified Node servers, shipped inside the binary.
+//! - [`reload`]: the rolling-reload state machine (start new → ready → stop old).
+//!
+//! [`Cluster`] ties them together for the supervisor, which stays the only owner of instance state:
+//! everything here reports to it through [`Notice`]s on a bounded channel.
+
+pub mod handoff;
+pub mod ipc;
+pub mod listeners;
+pub mod notify;
+pub mod reload;
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Pid;
+use pm2rs_proto::{AppSpec, ExecMode};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use self::handoff::Handoff;
+use self::listeners::AppSockets;
+
+/// The preload shim for Node apps.
+pub const NODE_SHIM: &str = include_str!("node_shim.js");
+
+/// Capacity of the notice channel; readers wait when the supervisor is behind.
+pub const NOTICE_QUEUE: usize = 256;
+
+/// Something an instance said, for the supervisor.
+#[derive(Debug)]
+pub enum Notice {
+    /// An sd_notify datagram from `pid` (any process; the supervisor finds its instance).
+    Notify { pid: Pid, message: notify::Message },
+    /// A message on the Node IPC channel of instance `id` running as `pid`.
+    Node {
+        id: u32,
+        pid: Pid,
+        message: ipc::NodeMessage,
+    },
+}
+
+/// Whether `spec` runs under Node (it then gets the IPC channel and the shim).
+pub fn is_node(spec: &AppSpec) -> bool {
+    spec.interpreter.as_deref().is_some_and(|i| {
+        let name = Path::new(i)
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        name == "node" || name == "nodejs" || name.starts_with("node-") || name == "bun"
+    })
+}
+
+/// Whether an instance of `spec` stays `launching` until it is ready (else it is online at once).
+pub fn waits_for_ready(spec: &AppSpec) -> bool {
+    spec.exec_mode == ExecMode::Cluster || spec.wait_ready
+}
+
+/// A prepared spawn: what to hand the child, and the daemon's end of its IPC channel.
+pub struct Prepared {
+    pub handoff: Handoff,
+    ipc: Option<OwnedFd>,
+}
+
+/// Sockets of every app, the notify socket and the shim file.
+pub struct Cluster {
+    sockets: HashMap<String, AppSockets>,
+    notify_path: Option<PathBuf>,
+    shim_path: Option<PathBuf>,
+    notices: mpsc::Sender<Notice>,
+}
+
+impl Cluster {
+    /// Binds the notify socket and writes the shim under `dir` (the daemon's home), and starts the
+    /// notify reader. Must run inside the runtime. Failures are logged and leave that feature off.
+    pub fn start(dir: &Path) -> (Cluster, mpsc::Receiver<Notice>) {
+        let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
+        let notify_path = dir.join("notify.sock");
+        let notify_path = match notify::bind(&notify_path) {
+            Ok(socket) => {
+                tokio::spawn(notify::run(socket, tx.clone()));
+                Some(notify_path)
+            }
+            Err(e) => {
+                warn!(%e, path = %notify_path.display(), "no NOTIFY_SOCKET: cannot bind it");
+                None
+            }
+        };
+        let shim_path = dir.join("node-shim.js");
+        let tmp = dir.join(".node-shim.js.tmp");
+        let shim_path = match std::fs::write(&tmp, NODE_SHIM)
+            .and_then(|()| std::fs::rename(&tmp, &shim_path))
+        {
+            Ok(()) => Some(shim_path),
+            Err(e) => {
+                warn!(%e, "cannot write the Node shim; Node apps run without it");
+                None
+            }
+        };
+        let cluster = Cluster {
+            sockets: HashMap::new(),
+            notify_path,
+            shim_path,
+            notices: tx,
+        };
+        (cluster, rx)
+    }
+
+    /// Binds `spec`'s addresses now (so a port in use is an error before anything changes). An app
+    /// whose addresses did not change keeps its sockets.
+    pub fn bind(&mut self, spec: &AppSpec) -> Result<(), String> {
+        let held: Vec<_> = self
+            .sockets
+            .get(&spec.name)
+            .map(|s| s.addrs().to_vec())
+            .unwrap_or_default();
+        if spec.listen.is_empty() {
+            self.sockets.remove(&spec.name);
+            return Ok(());
+        }
+        if held == spec.listen {
+            return Ok(());
+        }
+        let sockets = AppSockets::bind(&spec.listen, spec.cluster_socket, &held)?;
+        self.sockets.insert(spec.name.clone(), sockets);
+        Ok(())
+    }
+
+    /// Whether `spec`'s addresses are bound (or it has none).
+    pub fn is_bound(&self, spec: &AppSpec) -> bool {
+        spec.listen.is_empty()
+            || self
+                .sockets
+                .get(&spec.name)
+                .is_some_and(|s| s.addrs() == spec.listen.as_slice())
+    }
+
+    /// What to hand instance `instance` of `spec`. Binds the app's sockets if they were closed
+    /// (started again after a stop) and the instance slot's socket if it is new.
+    pub fn prepare(&mut self, spec: &AppSpec, instance: u32) -> Result<Prepared, String> {
+        if !self.is_bound(spec) {
+            self.bind(spec)?;
+        }
+        let mut handoff = Handoff::default();
+        if let Some(sockets) = self.sockets.get_mut(&spec.name) {
+            handoff.listen = sockets.fds_for(instance)?;
+            let names: Vec<String> = spec
+                .listen
+                .iter()
+                .map(|a| format!("port-{}", a.port()))
+                .collect();
+            handoff
+                .env
+                .insert("LISTEN_FDS".into(), handoff.listen.len().to_string());
+            handoff.env.insert("LISTEN_FDNAMES".into(), names.join(":"));
+            if !spec.env.contains_key("PORT")
+                && let Some(first) = spec.listen.first()
+            {
+                handoff.env.insert("PORT".into(), first.port().to_string());
+            }
+        }
+        if let Some(path) = &self.notify_path {
+            handoff
+                .env
+                .insert("NOTIFY_SOCKET".into(), path.to_string_lossy().into_owned());
+        }
+        if let Some(ms) = spec.watchdog_timeout_ms {
+            handoff
+                .env
+                .insert("WATCHDOG_USEC".into(), (ms * 1000).to_string());
+        }
+        let mut ipc = None;
+        if is_node(spec) {
+            match ipc::pair() {
+                Ok((daemon, child)) => {
+                    handoff.ipc = Some(child);
+                    handoff
+                        .env
+                        .insert("NODE_CHANNEL_FD".into(), handoff.ipc_fd().to_string());
+                    handoff
+                        .env
+                        .insert("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into());
+                    ipc = Some(daemon);
+                }
+                Err(e) => warn!(%e, app = %spec.name, "no IPC channel for this Node instance"),
+            }
+            if let Some(shim) = &self.shim_path {
+                let inherited = spec
+                    .env
+                    .get("NODE_OPTIONS")
+                    .cloned()
+                    .or_else(|| std::env::var("NODE_OPTIONS").ok())
+                    .unwrap_or_default();
+                let require = format!("--require \"{}\"", shim.display());
+                let options = if inherited.trim().is_empty() {
+                    require
+                } else {
+                    format!("{inherited} {require}")
+                };
+                handoff.env.insert("NODE_OPTIONS".into(), options);
+                handoff
+                    .env
+                    .insert("PM2RS_KILL_SIGNAL".into(), spec.kill_signal.clone());
+                handoff.env.insert(
+                    "PM2RS_KILL_TIMEOUT_MS".into(),
+                    spec.kill_timeout_ms.to_string(),
+                );
+            }
+        }
+        Ok(Prepared { handoff, ipc })
+    }
+
+    /// After a successful spawn: closes the child's end here and reads the IPC channel.
+    pub fn spawned(&self, prepared: Prepared, id: u32, pid: Pid) {
+        drop(prepared.handoff);
+        if let Some(end) = prepared.ipc {
+            tokio::spawn(ipc::run(end, id, pid, self.notices.clone()));
+        }
+    }
+
+    /// Closes the socket slot of instance `instance` of `app` (scale down).
+    pub fn release(&mut self, app: &str, instance: u32) {
+        if let Some(s) = self.sockets.get_mut(app) {
+            s.release(instance);
+        }
+    }
+
+    /// Closes every socket of `app` (stopped or deleted): new connections are refused again.
+    pub fn close(&mut self, app: &str) {
+        self.sockets.remove(app);
+    }
+}
