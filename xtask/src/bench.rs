@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--bin PATH]`: measures the real release binary against the "what
+//! `cargo xtask bench [--quick] [--bin PATH] [--suite NAME]`: measures the real release binary against the "what
 //! fast means" targets of the design notes.
 //!
 //! It builds `pm2rs` with `cargo build --release -p pm2rs` (or takes `--bin PATH`), then drives
@@ -22,6 +22,7 @@
 //! Exit status: 0 when every scenario ran, whether or not targets were met; 1 when a scenario (or
 //! the build) could not run; 2 for bad arguments.
 
+mod cluster;
 mod harness;
 mod report;
 
@@ -62,6 +63,8 @@ pub struct Options {
     /// Bench this binary instead of building `target/release/pm2rs` (e.g. a release artifact or an
     /// older build to compare with).
     pub bin: Option<PathBuf>,
+    /// `--suite NAME`: run only this suite (`core`, `cluster`).
+    pub suite: Option<String>,
 }
 
 impl Options {
@@ -75,6 +78,13 @@ impl Options {
                 "--bin" => {
                     let path = args.next().ok_or("--bin needs a path")?;
                     options.bin = Some(PathBuf::from(path));
+                }
+                "--suite" => {
+                    let name = args.next().ok_or("--suite needs a name")?;
+                    if !SUITES.iter().any(|s| s.name == name) {
+                        return Err(format!("unknown suite `{name}`"));
+                    }
+                    options.suite = Some(name.clone());
                 }
                 other => return Err(format!("unknown bench option `{other}`")),
             }
@@ -106,31 +116,34 @@ struct Suite {
 }
 
 /// Every suite, in the order they run.
-const SUITES: &[Suite] = &[Suite {
-    name: "core",
-    scenarios: &[
-        Scenario {
-            name: "idle daemon",
-            run: idle_daemon,
-        },
-        Scenario {
-            name: "start 100 instances",
-            run: start_instances,
-        },
-        Scenario {
-            name: "RSS with 100 instances",
-            run: loaded_daemon,
-        },
-        Scenario {
-            name: "list round trip",
-            run: list_round_trip,
-        },
-        Scenario {
-            name: "crash → new pid",
-            run: crash_replacement,
-        },
-    ],
-}];
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "core",
+        scenarios: &[
+            Scenario {
+                name: "idle daemon",
+                run: idle_daemon,
+            },
+            Scenario {
+                name: "start 100 instances",
+                run: start_instances,
+            },
+            Scenario {
+                name: "RSS with 100 instances",
+                run: loaded_daemon,
+            },
+            Scenario {
+                name: "list round trip",
+                run: list_round_trip,
+            },
+            Scenario {
+                name: "crash → new pid",
+                run: crash_replacement,
+            },
+        ],
+    },
+    cluster::SUITE,
+];
 
 /// Runs the bench, prints the table, writes the JSON; returns the process exit status.
 pub fn main(options: &Options) -> ExitCode {
@@ -164,7 +177,10 @@ fn run(options: &Options) -> Result<Report> {
 
     let pm2rs_version = version(&bin);
     let mut scenarios = Vec::new();
-    for suite in SUITES {
+    for suite in SUITES
+        .iter()
+        .filter(|s| options.suite.as_ref().is_none_or(|only| only == s.name))
+    {
         scenarios.extend(run_suite(suite, &bin, options));
     }
     let report = Report {
@@ -539,5 +555,8 @@ mod tests {
         assert_eq!(Options::default().crash_runs(), 20);
         assert!(Options::parse(&args(&["--fast"])).is_err());
         assert!(Options::parse(&args(&["--bin"])).is_err());
+        let one = Options::parse(&args(&["--suite", "cluster"])).unwrap();
+        assert_eq!(one.suite.as_deref(), Some("cluster"));
+        assert!(Options::parse(&args(&["--suite", "nope"])).is_err());
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //! - `bench`: `cargo xtask bench [--quick]` builds the release binary and measures it (CLI round trip,
-//!   daemon memory, start and crash-replacement latency) against the targets of "what fast means" in
-//!   the design notes. Prints a table and writes `target/bench/results.json`.
+//!   daemon memory, start and crash-replacement latency, cluster throughput and failed requests
+//!   during reload, side by side with PM2 when available) against the targets of "what fast means"
+//!   in the design notes. Prints a table and writes `target/bench/results.json`.
 //! - `ci`: `cargo xtask ci` is the whole check CI runs: formatting, clippy with warnings denied, and
 //!   every test of the workspace (unit, integration, tidy), in that order, stopping at the first failure.
 //! - `tidy` (tests only): repository rules checked by `cargo test -p xtask`, and so by
@@ -20,10 +21,11 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  bench [--quick] [--bin PATH]
+  bench [--quick] [--bin PATH] [--suite NAME]
                     build the release binary and measure it against the performance targets;
                     --quick repeats the timed scenarios fewer times;
-                    --bin benches PATH instead of building target/release/pm2rs
+                    --bin benches PATH instead of building target/release/pm2rs;
+                    --suite runs one suite only (core, cluster)
   ci                cargo fmt --check, clippy -D warnings, and cargo test --workspace (what CI runs)
   help              show this text
 

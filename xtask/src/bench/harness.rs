@@ -182,6 +182,9 @@ pub struct Harness {
     daemon: Option<ProcId>,
     /// Every instance pid seen in `list --json`, for cleanup.
     seen: HashMap<u32, ProcId>,
+    /// What a scenario leaves for later ones of its suite; dropped with the harness (after the
+    /// cleanup above), so anything that stops a process on drop stops it then.
+    pub stash: Vec<Box<dyn std::any::Any>>,
 }
 
 impl Harness {
@@ -201,6 +204,7 @@ impl Harness {
             home,
             daemon: None,
             seen: HashMap::new(),
+            stash: Vec::new(),
         })
     }
 

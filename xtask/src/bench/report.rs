@@ -21,6 +21,10 @@ pub enum Unit {
     Ms,
     /// Mebibytes (1024 × 1024 bytes); RSS targets are read as MiB.
     Mib,
+    /// Requests per second.
+    PerSec,
+    /// A plain count (e.g. failed requests).
+    Count,
 }
 
 impl Unit {
@@ -28,6 +32,8 @@ impl Unit {
         match self {
             Unit::Ms => "ms",
             Unit::Mib => "MiB",
+            Unit::PerSec => "req/s",
+            Unit::Count => "",
         }
     }
 }
@@ -73,8 +79,12 @@ pub struct Measurement {
     /// Present when the figure summarises repeated runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
-    /// The figure should be at most this; `None` for informational figures.
+    /// The figure should be at most this (at least, with `at_least`); `None` for informational
+    /// figures.
     pub target: Option<f64>,
+    /// The target is a floor (throughput), not a ceiling.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub at_least: bool,
     /// `Some(true)` if the target is met, `None` without a target.
     pub pass: Option<bool>,
     /// Context printed under the table.
@@ -91,9 +101,25 @@ impl Measurement {
             value,
             stats: None,
             target,
+            at_least: false,
             pass: target.map(|t| value <= t),
             note: None,
         }
+    }
+
+    /// A single value that should be at least `target` (higher is better).
+    pub fn at_least(name: impl Into<String>, unit: Unit, value: f64, target: Option<f64>) -> Self {
+        Measurement {
+            at_least: true,
+            pass: target.map(|t| value >= t),
+            ..Measurement::single(name, unit, value, None)
+        }
+        .with_target(target)
+    }
+
+    fn with_target(mut self, target: Option<f64>) -> Self {
+        self.target = target;
+        self
     }
 
     /// The median of repeated samples (at least one).
@@ -132,15 +158,18 @@ impl Measurement {
                 s.max,
                 s.samples.len()
             ),
-            None => format!("{:.2} {unit}", self.value),
+            None => format!("{:.2} {unit}", self.value).trim_end().to_string(),
         }
     }
 
     fn target_text(&self) -> String {
-        match self.target {
+        let text = match self.target {
+            // Throughput floors are measured figures: whole requests per second.
+            Some(t) if self.at_least => format!("≥ {t:.0} {}", self.unit.suffix()),
             Some(t) => format!("≤ {t} {}", self.unit.suffix()),
             None => "-".to_string(),
-        }
+        };
+        text.trim_end().to_string()
     }
 
     fn verdict(&self) -> &'static str {
@@ -329,6 +358,13 @@ mod tests {
         let m = Measurement::single("rss", Unit::Mib, 5.0, Some(4.0));
         assert_eq!(m.pass, Some(false));
         assert_eq!(Measurement::single("x", Unit::Ms, 1.0, None).pass, None);
+        let m = Measurement::at_least("rps", Unit::PerSec, 900.0, Some(1000.0));
+        assert_eq!(m.pass, Some(false));
+        assert_eq!(m.target_text(), "≥ 1000 req/s");
+        assert_eq!(
+            Measurement::at_least("rps", Unit::PerSec, 1000.0, Some(1000.0)).pass,
+            Some(true)
+        );
     }
 
     #[test]
