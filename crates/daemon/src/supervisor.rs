@@ -625,7 +625,7 @@ impl Supervisor {
                 p.notify_status = None;
                 p.not_ready = false;
                 if let Ok(prepared) = prepared {
-                    self.cluster.spawned(prepared, id, tracked.pid);
+                    self.cluster.spawned(prepared, tracked.pid);
                 }
                 if cluster::waits_for_ready(spec) {
                     // `launching` until ready, bounded by listen_timeout.
@@ -710,6 +710,7 @@ impl Supervisor {
             return;
         };
         let Some(run) = p.run.take() else { return };
+        self.cluster.exited(run.tracked.pid);
         self.dirty = true;
         // The leader is gone: nothing of its group may outlive it (systemd's control-group rule).
         let group_left = process::group_alive(run.tracked.pid);
@@ -749,10 +750,12 @@ impl Supervisor {
             Decision::Stop { reason } => {
                 p.reason = Some(reason);
                 transition(p, Event::ExitedStop);
+                self.cluster.release(&p.app, p.instance);
             }
             Decision::Errored { reason } => {
                 p.reason = Some(reason);
                 transition(p, Event::ExitedErrored);
+                self.cluster.release(&p.app, p.instance);
             }
         }
     }

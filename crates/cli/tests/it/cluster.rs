@@ -169,6 +169,13 @@ fn a_python_server_gets_the_socket_by_listen_fds_and_is_ready_by_sd_notify() {
     t.ok(&["scale", "py", "3"]);
     t.wait_online("py", 3);
     wait_for_pids(port, 3);
+    // Stopping one instance closes its slot: every connection goes to the others, none waits.
+    let stopped = t.list()[0].clone();
+    t.ok(&["stop", &stopped.id.to_string()]);
+    for _ in 0..30 {
+        let pid = get_once(port).expect("an answer while one instance is stopped");
+        assert_ne!(Some(pid), stopped.pid.map(|p| p.to_string()));
+    }
     // Stop closes the sockets: new connections are refused again, nothing listens.
     t.ok(&["stop", "py"]);
     assert!(get_once(port).is_err(), "port still open after stop");
@@ -213,16 +220,22 @@ fn kill_9_of_an_instance_under_load_refuses_no_connection() {
 }
 
 /// Starts `instances` of the Node server under load of both kinds, reloads, and checks that not
-/// one request failed and every pid was replaced.
-fn reload_under_load(instances: u32, parallel: &str) {
+/// one request failed and every pid was replaced. With `declared`, the port is in the config;
+/// without, the shim asks the daemon for it when the app listens.
+fn reload_under_load(instances: u32, parallel: &str, declared: bool) {
     let t = Pm2rs::new();
     let port = free_port();
     t.write("server.js", &node_server(port));
+    let port_key = if declared {
+        format!("port = {port}\n")
+    } else {
+        String::new()
+    };
     start_cluster(
         &t,
         "web",
         "server.js",
-        &format!("instances = {instances}\nport = {port}\n"),
+        &format!("instances = {instances}\n{port_key}"),
     );
     let before = t.wait_online("web", instances as usize);
     let old: BTreeSet<String> = pid_set(&t, "web");
@@ -267,7 +280,12 @@ fn reload_under_load(instances: u32, parallel: &str) {
 
 #[test]
 fn reload_under_load_fails_no_request_and_replaces_every_pid() {
-    reload_under_load(2, "1");
+    reload_under_load(2, "1", true);
+}
+
+#[test]
+fn without_a_declared_port_node_instances_get_the_port_from_the_daemon_and_reload_in_parallel() {
+    reload_under_load(2, "2", false);
 }
 
 #[test]

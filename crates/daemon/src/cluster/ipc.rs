@@ -1,11 +1,16 @@
 //! The Node IPC channel the daemon opens for Node apps (`NODE_CHANNEL_FD`, JSON serialization: one
-//! JSON value per line). It carries `process.send('ready')` and the preload shim's `listening`
-//! event to the supervisor. The daemon only reads; a line longer than [`MAX_LINE`] is skipped, so a
-//! chatty child cannot grow the daemon's memory.
+//! JSON value per line). It carries `process.send('ready')`, the preload shim's `listening` event,
+//! and the shim's request for a listening socket, which the daemon answers the way Node passes a
+//! handle to a child: a `NODE_HANDLE` message with the fd attached (SCM_RIGHTS). A line longer than
+//! [`MAX_LINE`] is skipped, so a chatty child cannot grow the daemon's memory.
 
-use std::os::fd::OwnedFd;
+use std::io::IoSlice;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
@@ -24,6 +29,9 @@ pub enum NodeMessage {
     Ready,
     /// The shim saw a server start listening.
     Listening,
+    /// The shim asks for a socket listening on `port` (on `host`, if the app named one): an app in
+    /// cluster mode that listens on a port its config does not declare.
+    Listen { port: u16, host: Option<IpAddr> },
 }
 
 /// Reads one line of the channel; `None` for anything we do not act on.
@@ -34,6 +42,17 @@ pub fn parse(line: &[u8]) -> Option<NodeMessage> {
         serde_json::Value::Object(o) => match o.get("pm2rs").and_then(|v| v.as_str()) {
             Some("listening") => Some(NodeMessage::Listening),
             Some("ready") => Some(NodeMessage::Ready),
+            Some("listen") => {
+                let port = o
+                    .get("port")?
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())?;
+                let host = o
+                    .get("host")
+                    .and_then(|h| h.as_str())
+                    .and_then(|h| h.parse().ok());
+                (port > 0).then_some(NodeMessage::Listen { port, host })
+            }
             _ => None,
         },
         _ => None,
@@ -52,9 +71,46 @@ pub fn pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     .map_err(std::io::Error::from)
 }
 
-/// Reads the daemon end until the child closes it (it exited), forwarding messages of instance `id`
-/// (running as `pid`).
-pub async fn run(end: OwnedFd, id: u32, pid: Pid, notices: mpsc::Sender<Notice>) {
+/// Hands `socket` to the child for its request of `port`, as Node's `child.send(msg, handle)`
+/// would (`net.Native`: the shim gets the raw handle with the message).
+pub fn send_socket(end: &OwnedFd, port: u16, socket: RawFd) -> std::io::Result<()> {
+    let line = format!(
+        "{}\n",
+        serde_json::json!({
+            "cmd": "NODE_HANDLE",
+            "type": "net.Native",
+            "msg": { "pm2rs": "socket", "port": port },
+        })
+    );
+    let fds = [socket];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    send_all(end, line.as_bytes(), &cmsg)
+}
+
+/// Tells the child its request for `port` failed (e.g. the port is in use by someone else).
+pub fn send_error(end: &OwnedFd, port: u16, message: &str) -> std::io::Result<()> {
+    let line = format!(
+        "{}\n",
+        serde_json::json!({ "pm2rs": "socket-error", "port": port, "message": message })
+    );
+    send_all(end, line.as_bytes(), &[])
+}
+
+/// One `sendmsg` of a short message. The channel is non-blocking and these messages are tiny and
+/// rare, so a full buffer (a child that never reads) is an error, not a wait.
+fn send_all(end: &OwnedFd, bytes: &[u8], cmsgs: &[ControlMessage<'_>]) -> std::io::Result<()> {
+    let iov = [IoSlice::new(bytes)];
+    let sent = sendmsg::<()>(end.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(std::io::Error::from)?;
+    if sent != bytes.len() {
+        return Err(std::io::Error::other("the IPC message was cut short"));
+    }
+    Ok(())
+}
+
+/// Reads the daemon end until the child closes it (it exited), forwarding the messages of the
+/// process `pid`.
+pub async fn run(end: OwnedFd, pid: Pid, notices: mpsc::Sender<Notice>) {
     let Ok(stream) = UnixStream::from_std(std::os::unix::net::UnixStream::from(end)) else {
         return;
     };
@@ -79,12 +135,8 @@ pub async fn run(end: OwnedFd, id: u32, pid: Pid, notices: mpsc::Sender<Notice>)
             }
             if complete {
                 if !skipping && let Some(message) = parse(&line) {
-                    debug!(id, pid = pid.as_raw(), ?message, "node ipc");
-                    if notices
-                        .send(Notice::Node { id, pid, message })
-                        .await
-                        .is_err()
-                    {
+                    debug!(pid = pid.as_raw(), ?message, "node ipc");
+                    if notices.send(Notice::Node { pid, message }).await.is_err() {
                         return;
                     }
                 }
@@ -106,6 +158,22 @@ mod tests {
             parse(br#"{"pm2rs":"listening","port":3000}"#),
             Some(NodeMessage::Listening)
         );
+        assert_eq!(
+            parse(br#"{"pm2rs":"listen","port":8085,"host":"127.0.0.1"}"#),
+            Some(NodeMessage::Listen {
+                port: 8085,
+                host: Some("127.0.0.1".parse().unwrap())
+            })
+        );
+        assert_eq!(
+            parse(br#"{"pm2rs":"listen","port":8085,"host":"localhost"}"#),
+            Some(NodeMessage::Listen {
+                port: 8085,
+                host: None
+            })
+        );
+        assert_eq!(parse(br#"{"pm2rs":"listen","port":0}"#), None);
+        assert_eq!(parse(br#"{"pm2rs":"listen","port":70000}"#), None);
         assert_eq!(parse(b"\"online\""), None);
         assert_eq!(parse(b"{\"cmd\":\"NODE_HANDLE_ACK\"}"), None);
         assert_eq!(parse(b"not json"), None);
@@ -115,7 +183,7 @@ mod tests {
     async fn lines_are_forwarded_and_overlong_ones_dropped() {
         let (daemon, child) = pair().unwrap();
         let (tx, mut rx) = mpsc::channel(4);
-        let task = tokio::spawn(run(daemon, 7, Pid::this(), tx));
+        let task = tokio::spawn(run(daemon, Pid::this(), tx));
         let mut child = std::os::unix::net::UnixStream::from(child);
         child.set_nonblocking(false).unwrap();
         use std::io::Write;
@@ -124,8 +192,8 @@ mod tests {
         child.write_all(b"\"ready\"\n").unwrap();
         drop(child);
         match rx.recv().await {
-            Some(Notice::Node { id, message, .. }) => {
-                assert_eq!((id, message), (7, NodeMessage::Ready));
+            Some(Notice::Node { pid, message }) => {
+                assert_eq!((pid, message), (Pid::this(), NodeMessage::Ready));
             }
             other => panic!("unexpected {other:?}"),
         }

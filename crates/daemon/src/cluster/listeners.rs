@@ -60,9 +60,11 @@ impl AppSockets {
         Ok(self.slot(slot)?.iter().map(AsRawFd::as_raw_fd).collect())
     }
 
-    /// Closes the sockets of instance `instance`'s slot (scale down); shared sockets stay.
+    /// Closes the sockets of instance `instance`'s slot (scale down, or an instance that will not
+    /// come back by itself), so the kernel stops routing connections to a socket nobody accepts
+    /// on; shared sockets stay. The slot is bound again when an instance needs it.
     pub fn release(&mut self, instance: u32) {
-        if self.mode == ClusterSocket::Reuseport && instance > 0 {
+        if self.mode == ClusterSocket::Reuseport {
             self.slots.remove(&instance);
         }
     }
@@ -150,5 +152,7 @@ mod tests {
         let addr = free_addr();
         let mut s = AppSockets::bind(&[addr], ClusterSocket::Shared, &[]).unwrap();
         assert_eq!(s.fds_for(0).unwrap(), s.fds_for(3).unwrap());
+        s.release(0);
+        TcpStream::connect(addr).expect("a shared socket stays when one instance goes");
     }
 }

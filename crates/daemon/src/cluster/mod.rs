@@ -19,14 +19,15 @@ pub mod listeners;
 pub mod notify;
 pub mod reload;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 use pm2rs_proto::{AppSpec, ExecMode};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use self::handoff::Handoff;
 use self::listeners::AppSockets;
@@ -42,12 +43,8 @@ pub const NOTICE_QUEUE: usize = 256;
 pub enum Notice {
     /// An sd_notify datagram from `pid` (any process; the supervisor finds its instance).
     Notify { pid: Pid, message: notify::Message },
-    /// A message on the Node IPC channel of instance `id` running as `pid`.
-    Node {
-        id: u32,
-        pid: Pid,
-        message: ipc::NodeMessage,
-    },
+    /// A message on the Node IPC channel of the instance process `pid`.
+    Node { pid: Pid, message: ipc::NodeMessage },
 }
 
 /// Whether `spec` runs under Node (it then gets the IPC channel and the shim).
@@ -75,6 +72,12 @@ pub struct Prepared {
 /// Sockets of every app, the notify socket and the shim file.
 pub struct Cluster {
     sockets: HashMap<String, AppSockets>,
+    /// Sockets bound on a Node instance's request (ports the config does not declare), by app and
+    /// address; kept, closed and released like `sockets`.
+    requested: HashMap<String, BTreeMap<SocketAddr, AppSockets>>,
+    /// The daemon's end of each running Node instance's IPC channel (a copy of the reader's), for
+    /// answers; by instance pid.
+    ipc_out: HashMap<Pid, OwnedFd>,
     notify_path: Option<PathBuf>,
     shim_path: Option<PathBuf>,
     notices: mpsc::Sender<Notice>,
@@ -109,6 +112,8 @@ impl Cluster {
         };
         let cluster = Cluster {
             sockets: HashMap::new(),
+            requested: HashMap::new(),
+            ipc_out: HashMap::new(),
             notify_path,
             shim_path,
             notices: tx,
@@ -195,6 +200,9 @@ impl Cluster {
                 Err(e) => warn!(%e, app = %spec.name, "no IPC channel for this Node instance"),
             }
             if let Some(shim) = &self.shim_path {
+                handoff
+                    .env
+                    .insert("PM2RS_EXEC_MODE".into(), spec.exec_mode.to_string());
                 let inherited = spec
                     .env
                     .get("NODE_OPTIONS")
@@ -221,10 +229,64 @@ impl Cluster {
     }
 
     /// After a successful spawn: closes the child's end here and reads the IPC channel.
-    pub fn spawned(&self, prepared: Prepared, id: u32, pid: Pid) {
+    pub fn spawned(&mut self, prepared: Prepared, pid: Pid) {
         drop(prepared.handoff);
         if let Some(end) = prepared.ipc {
-            tokio::spawn(ipc::run(end, id, pid, self.notices.clone()));
+            match end.try_clone() {
+                Ok(out) => {
+                    self.ipc_out.insert(pid, out);
+                }
+                Err(e) => warn!(%e, "cannot keep the IPC channel for answers"),
+            }
+            tokio::spawn(ipc::run(end, pid, self.notices.clone()));
+        }
+    }
+
+    /// The process `pid` is gone: forget its IPC channel.
+    pub fn exited(&mut self, pid: Pid) {
+        self.ipc_out.remove(&pid);
+    }
+
+    /// Answers a Node instance's request for a socket on `port`: binds it for the app on first
+    /// request (the same port is then shared by every instance, one slot each), and hands the
+    /// instance's slot socket over the IPC channel; or tells it why not.
+    pub fn answer_listen(
+        &mut self,
+        spec: &AppSpec,
+        instance: u32,
+        pid: Pid,
+        port: u16,
+        host: Option<IpAddr>,
+    ) {
+        let Some(end) = self.ipc_out.get(&pid) else {
+            return;
+        };
+        let addr = SocketAddr::new(host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port);
+        let result = if spec.exec_mode != ExecMode::Cluster {
+            Err("not in cluster mode".to_string())
+        } else {
+            let bound = self.requested.entry(spec.name.clone()).or_default();
+            let sockets = match bound.entry(addr) {
+                std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    AppSockets::bind(&[addr], spec.cluster_socket, &[]).map(|s| e.insert(s))
+                }
+            };
+            sockets.and_then(|s| s.fds_for(instance))
+        };
+        let sent = match result {
+            Ok(fds) => match fds.first() {
+                Some(fd) => ipc::send_socket(end, port, *fd),
+                None => ipc::send_error(end, port, "no socket"),
+            },
+            Err(e) => {
+                warn!(app = %spec.name, port, "{e}");
+                ipc::send_error(end, port, &e)
+            }
+        };
+        match sent {
+            Ok(()) => debug!(app = %spec.name, instance, port, "socket handed over IPC"),
+            Err(e) => warn!(app = %spec.name, %e, "cannot answer a socket request"),
         }
     }
 
@@ -233,10 +295,19 @@ impl Cluster {
         if let Some(s) = self.sockets.get_mut(app) {
             s.release(instance);
         }
+        for s in self
+            .requested
+            .get_mut(app)
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
+            s.release(instance);
+        }
     }
 
     /// Closes every socket of `app` (stopped or deleted): new connections are refused again.
     pub fn close(&mut self, app: &str) {
         self.sockets.remove(app);
+        self.requested.remove(app);
     }
 }

@@ -1,8 +1,10 @@
 // pm2rs preload shim, loaded into Node apps with NODE_OPTIONS="--require <this file>".
 // It lets an unmodified server.listen(port) use the socket the pm2rs daemon handed over
-// (systemd protocol: LISTEN_FDS / LISTEN_PID / LISTEN_FDNAMES, fds from 3), reports readiness
-// over the IPC channel, and drains gracefully on the stop signal: stop accepting, answer every
-// further request with `Connection: close`, exit once the last connection is gone.
+// (systemd protocol: LISTEN_FDS / LISTEN_PID / LISTEN_FDNAMES, fds from 3) or, in cluster mode
+// for a port the config does not declare, a socket it asks the daemon for over the IPC channel
+// (the daemon binds it once and gives every instance the same port). It reports readiness over
+// the IPC channel, and drains gracefully on the stop signal: stop accepting, answer every further
+// request with `Connection: close`, exit once the last connection is gone.
 'use strict';
 (function pm2rsShim() {
   const net = require('net');
@@ -32,7 +34,8 @@
   // (`if (cluster.isPrimary) fork() else listen()`) runs its worker branch directly. Node's own
   // listen()/bind() read the same flags to decide whether to ask a primary for the socket, so
   // they see the truth (this process is on its own) while they run: see `asPrimary`.
-  const cluster = handed.size > 0 ? require('cluster') : undefined;
+  const clusterMode = env.PM2RS_EXEC_MODE === 'cluster';
+  const cluster = clusterMode || handed.size > 0 ? require('cluster') : undefined;
   if (cluster) {
     const instance = parseInt(env.PM2RS_INSTANCE || '0', 10);
     cluster.isPrimary = false;
@@ -71,6 +74,38 @@
     return undefined;
   }
 
+  function hostOf(args) {
+    const first = args[0];
+    if (first && typeof first === 'object' && typeof first.host === 'string') return first.host;
+    return typeof args[1] === 'string' ? args[1] : undefined;
+  }
+
+  // Socket requests to the daemon waiting for their answer, by port.
+  const waiting = new Map();
+  function onAnswer(msg, handle) {
+    if (!msg || typeof msg !== 'object' || !waiting.has(msg.port)) return;
+    if (msg.pm2rs !== 'socket' && msg.pm2rs !== 'socket-error') return;
+    const callbacks = waiting.get(msg.port);
+    waiting.delete(msg.port);
+    if (waiting.size === 0) process.removeListener('message', onAnswer);
+    callbacks.forEach((cb, i) => {
+      if (msg.pm2rs === 'socket' && handle && i === 0) return cb(null, handle);
+      const err = new Error(`listen EADDRINUSE: ${msg.message || 'address already in use'} :::${msg.port}`);
+      err.code = 'EADDRINUSE';
+      err.syscall = 'listen';
+      err.port = msg.port;
+      cb(err);
+    });
+  }
+  function requestSocket(port, host, cb) {
+    if (!waiting.has(port)) {
+      if (waiting.size === 0) process.on('message', onAnswer);
+      waiting.set(port, []);
+      send({ pm2rs: 'listen', port, host });
+    }
+    waiting.get(port).push(cb);
+  }
+
   const listen = net.Server.prototype.listen;
   net.Server.prototype.listen = function pm2rsListen(...args) {
     const port = portOf(args);
@@ -78,6 +113,16 @@
     servers.add(this);
     this.once('listening', () => send({ pm2rs: 'listening', port }));
     this.once('close', () => servers.delete(this));
+    if (fd === undefined && clusterMode && port > 0 && typeof process.send === 'function') {
+      // A port the config does not declare: the daemon binds it once for all instances.
+      const cb = args.find((a) => typeof a === 'function');
+      if (cb) this.once('listening', cb);
+      requestSocket(port, hostOf(args), (err, handle) => {
+        if (err) return this.emit('error', err);
+        asPrimary(() => listen.call(this, handle));
+      });
+      return this;
+    }
     if (fd === undefined) return asPrimary(() => listen.apply(this, args));
     const cb = args.find((a) => typeof a === 'function');
     const opts = { fd };

@@ -42,14 +42,11 @@ impl Supervisor {
                     info!(id, app = %p.app, "instance says it is stopping");
                 }
             }
-            Notice::Node { id, pid, message } => {
-                let Some(p) = self.procs.get_mut(&id) else {
+            Notice::Node { pid, message } => {
+                // By pid: a message from a process that is no longer an instance is stale.
+                let Some(p) = self.by_pid.get(&pid).and_then(|id| self.procs.get_mut(id)) else {
                     return;
                 };
-                // A message from an earlier run of this instance is stale.
-                if p.run.map(|r| r.tracked.pid) != Some(pid) {
-                    return;
-                }
                 let Some(app) = self.apps.get(&p.app) else {
                     return;
                 };
@@ -57,6 +54,11 @@ impl Supervisor {
                     NodeMessage::Ready => true,
                     // With wait_ready only the app's own word counts.
                     NodeMessage::Listening => !app.spec.wait_ready,
+                    NodeMessage::Listen { port, host } => {
+                        self.cluster
+                            .answer_listen(&app.spec, p.instance, pid, port, host);
+                        false
+                    }
                 };
                 if ready && p.status == Status::Launching && !p.not_ready {
                     self.dirty = true;
@@ -138,7 +140,8 @@ impl Supervisor {
     }
 
     /// After `stop`: the sockets of apps with no instance left running are closed, so new
-    /// connections are refused instead of waiting for nobody.
+    /// connections are refused instead of waiting for nobody; an app that still runs loses only
+    /// the slots of its stopped instances (their connections go to the others).
     pub(super) fn close_stopped_apps(&mut self, ids: &[u32]) {
         let mut names: Vec<String> = ids
             .iter()
@@ -148,6 +151,13 @@ impl Supervisor {
         for name in names {
             if self.ids_of(&name).all(|id| self.procs[&id].settled()) {
                 self.cluster.close(&name);
+            }
+        }
+        for id in ids {
+            if let Some(p) = self.procs.get(id)
+                && p.settled()
+            {
+                self.cluster.release(&p.app, p.instance);
             }
         }
     }
