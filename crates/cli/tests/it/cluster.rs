@@ -10,7 +10,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pm2rs_proto::Status;
 
-use crate::harness::{DEADLINE, Pm2rs, alive, eventually};
+use std::process::Stdio;
+use std::time::Instant;
+
+use crate::harness::{DEADLINE, Pm2rs, alive, eventually, wait_with_timeout};
 use crate::http::{Load, free_port, get_once};
 
 /// An unmodified Node server on a fixed port, answering with its pid.
@@ -65,6 +68,20 @@ fn write_cluster(t: &Pm2rs, name: &str, script: &str, extra: &str) {
 fn start_cluster(t: &Pm2rs, name: &str, script: &str, extra: &str) {
     write_cluster(t, name, script, extra);
     t.ok(&["start", "eco.toml"]);
+}
+
+/// Starts [`PY_SERVER`] as the cluster app `py` on a free port of 127.0.0.1 (`extra` adds keys);
+/// returns the port.
+fn start_py(t: &Pm2rs, extra: &str) -> u16 {
+    let port = free_port();
+    t.write("server.py", PY_SERVER);
+    start_cluster(
+        t,
+        "py",
+        "server.py",
+        &format!("listen = [\"127.0.0.1:{port}\"]\n{extra}"),
+    );
+    port
 }
 
 fn pid_set(t: &Pm2rs, name: &str) -> BTreeSet<String> {
@@ -148,15 +165,8 @@ fn the_node_cluster_tutorial_runs_unchanged_under_instances_max() {
 #[test]
 fn a_python_server_gets_the_socket_by_listen_fds_and_is_ready_by_sd_notify() {
     let t = Pm2rs::new();
-    let port = free_port();
-    t.write("server.py", PY_SERVER);
     // listen_timeout is far beyond the test's deadline: online can only come from READY=1.
-    start_cluster(
-        &t,
-        "py",
-        "server.py",
-        &format!("instances = 2\nlisten = [\"127.0.0.1:{port}\"]\nlisten_timeout = \"10m\"\n"),
-    );
+    let port = start_py(&t, "instances = 2\nlisten_timeout = \"10m\"\n");
     let procs = t.wait_online("py", 2);
     assert!(
         procs
@@ -185,14 +195,7 @@ fn a_python_server_gets_the_socket_by_listen_fds_and_is_ready_by_sd_notify() {
 #[test]
 fn kill_9_of_an_instance_under_load_refuses_no_connection() {
     let t = Pm2rs::new();
-    let port = free_port();
-    t.write("server.py", PY_SERVER);
-    start_cluster(
-        &t,
-        "py",
-        "server.py",
-        &format!("instances = 2\nlisten = [\"127.0.0.1:{port}\"]\n"),
-    );
+    let port = start_py(&t, "instances = 2\n");
     let before = t.wait_online("py", 2);
     let clients = 4;
     let load = Load::start(port, clients, false);
@@ -291,20 +294,37 @@ fn without_a_declared_port_node_instances_get_the_port_from_the_daemon_and_reloa
 #[test]
 fn a_replacement_that_never_becomes_ready_aborts_the_reload_and_the_old_ones_keep_serving() {
     let t = Pm2rs::new();
-    let port = free_port();
-    t.write("server.py", PY_SERVER);
-    start_cluster(
+    let port = start_py(
         &t,
-        "py",
-        "server.py",
-        &format!(
-            "instances = 2\nlisten = [\"127.0.0.1:{port}\"]\nwait_ready = true\nlisten_timeout = \"1s\"\n"
-        ),
+        "instances = 2\nwait_ready = true\nlisten_timeout = \"1s\"\n",
     );
     t.wait_online("py", 2);
     let old = pid_set(&t, "py");
     t.write("never-ready", "");
-    let r = t.run(&["reload", "py"]);
+    let first = t
+        .command(&["reload", "py"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pm2rs reload");
+    // While its replacement is launching, a second reload of the same app is refused.
+    t.wait_for("a replacement launching", DEADLINE, |ps| ps.len() == 3);
+    let second = t.run(&["reload", "py"]);
+    assert_eq!(second.code, 1, "{}", second.stdout);
+    assert!(
+        second
+            .stderr
+            .contains("a reload of `py` is already running"),
+        "{}",
+        second.stderr
+    );
+    let out = wait_with_timeout(first, Duration::from_secs(30)).expect("reload finishes");
+    let r = crate::harness::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(
         r.stderr.contains("not ready within listen_timeout")
@@ -349,14 +369,7 @@ fn a_port_in_use_by_another_process_is_a_clear_error_and_changes_nothing() {
 #[test]
 fn a_missed_watchdog_ping_restarts_the_instance() {
     let t = Pm2rs::new();
-    let port = free_port();
-    t.write("server.py", PY_SERVER);
-    start_cluster(
-        &t,
-        "py",
-        "server.py",
-        &format!("listen = [\"127.0.0.1:{port}\"]\nwatchdog_timeout = \"500ms\"\n"),
-    );
+    start_py(&t, "watchdog_timeout = \"500ms\"\n");
     let procs = t.wait_for("a watchdog restart", DEADLINE, |ps| {
         ps.iter().any(|p| p.restarts >= 1)
     });
@@ -408,4 +421,58 @@ fn wait_ready_node_app_is_online_only_after_process_send_ready() {
     assert_eq!(t.list()[0].status, Status::Launching, "{procs:#?}");
     t.write("go", "");
     t.wait_online("waiter", 1);
+}
+
+#[test]
+fn a_shared_socket_serves_from_every_instance() {
+    let t = Pm2rs::new();
+    let port = start_py(&t, "instances = 2\ncluster_socket = \"shared\"\n");
+    t.wait_online("py", 2);
+    let load = Load::start(port, 4, false);
+    let ok = eventually(DEADLINE, || load.stats.pids().len() >= 2);
+    let stats = load.stop();
+    assert!(ok, "{}", stats.summary());
+    assert_eq!(stats.failed(), 0, "{}", stats.summary());
+}
+
+#[test]
+fn without_a_readiness_signal_an_instance_is_online_after_listen_timeout() {
+    let t = Pm2rs::new();
+    t.write("never-ready", "");
+    let started = Instant::now();
+    let port = start_py(&t, "listen_timeout = \"700ms\"\n");
+    t.wait_online("py", 1);
+    // A lower bound only: a slow machine makes it later, never earlier.
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    get_once(port).expect("it serves all along");
+}
+
+#[test]
+fn instance_var_and_increment_var_number_the_instances() {
+    let t = Pm2rs::new();
+    t.script("dump.sh", r#"env > "env-$INST.txt"; exec sleep 1000"#);
+    t.write(
+        "eco.toml",
+        "[[apps]]\nname = \"num\"\nscript = \"dump.sh\"\ninstances = 2\n\
+         instance_var = \"INST\"\nincrement_var = \"PORT\"\nenv = { PORT = 4000 }\n",
+    );
+    t.ok(&["start", "eco.toml"]);
+    t.wait_online("num", 2);
+    for i in 0..2 {
+        let path = t.work().join(format!("env-{i}.txt"));
+        assert!(eventually(DEADLINE, || std::fs::read_to_string(&path)
+            .is_ok_and(|s| s.contains("PM2RS_INSTANCE"))));
+        let env = std::fs::read_to_string(&path).unwrap();
+        for want in [
+            format!("INST={i}"),
+            format!("PM2RS_INSTANCE={i}"),
+            format!("PORT={}", 4000 + i),
+        ] {
+            assert!(env.lines().any(|l| l == want), "missing {want} in:\n{env}");
+        }
+        assert!(
+            !env.lines().any(|l| l.starts_with("NODE_APP_INSTANCE=")),
+            "instance_var replaces NODE_APP_INSTANCE:\n{env}"
+        );
+    }
 }

@@ -74,6 +74,11 @@ impl Reload {
         }
     }
 
+    /// Whether instance `id` is waiting to be replaced, or is being replaced or replacing.
+    pub fn involves(&self, id: u32) -> bool {
+        self.queue.contains(&id) || self.active.iter().any(|s| s.old == id || s.new == id)
+    }
+
     /// Moves the reload forward as far as the instances allow; true once it is over.
     pub fn advance(&mut self, host: &mut impl Host) -> bool {
         loop {
@@ -195,6 +200,8 @@ mod tests {
         let mut job = Reload::new(vec![1, 2], 1);
         assert!(!job.advance(&mut host));
         assert_eq!(host.log, ["start 101 for 1"]);
+        assert!(job.involves(1) && job.involves(101) && job.involves(2));
+        assert!(!job.involves(3));
         host.states.insert(101, (NewState::Ready, false));
         assert!(!job.advance(&mut host));
         assert_eq!(host.log[1..], ["stop 1"]);

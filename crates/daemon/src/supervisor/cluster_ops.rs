@@ -87,6 +87,19 @@ impl Supervisor {
                 return;
             }
         };
+        // An instance already in a reload is left to that one.
+        let busy = |id: &u32| self.reloads.iter().any(|(job, _)| job.involves(*id));
+        if !ids.is_empty() && ids.iter().all(busy) {
+            let _ = reply.send(Err(api_error(
+                ErrorKind::Failed,
+                &format!(
+                    "a reload of `{}` is already running; wait for it to finish",
+                    request.target
+                ),
+            )));
+            return;
+        }
+        let ids: Vec<u32> = ids.into_iter().filter(|id| !busy(id)).collect();
         let mut running = Vec::new();
         for id in ids {
             match self.procs.get(&id).map(|p| p.status) {
