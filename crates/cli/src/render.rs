@@ -244,6 +244,26 @@ fn list_table(
     table
 }
 
+/// `rotate at 10M, keep 5, gzip`; the daemon's defaults where the app sets nothing.
+fn log_rotation(l: &pm2rs_proto::LogSpec) -> String {
+    let size = match l.max_size {
+        Some(0) => return "off".to_string(),
+        Some(b) if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        Some(b) if b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        Some(b) => format!("{b} bytes"),
+        None => "daemon default size".to_string(),
+    };
+    let keep = l
+        .retain
+        .map_or_else(|| "default count".to_string(), |n| n.to_string());
+    let gzip = match l.compress {
+        Some(true) => ", gzip",
+        Some(false) => "",
+        None => ", gzip per daemon default",
+    };
+    format!("at {size}, keep {keep}{gzip}")
+}
+
 fn new_table(color: bool, dynamic: Option<u16>) -> Table {
     let mut table = Table::new();
     table.load_style(PM2_STYLE).force_no_tty();
@@ -357,6 +377,19 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
         ("kill_timeout", format_duration(s.kill_timeout_ms)),
         ("out log path", path(&d.out_log)),
         ("error log path", path(&d.err_log)),
+        (
+            "combined log path",
+            d.combined_log.as_deref().map_or_else(dash, path),
+        ),
+        ("log rotation", log_rotation(&s.logs)),
+        (
+            "log problems",
+            if d.log_problems.is_empty() {
+                "none".to_string()
+            } else {
+                clean(&d.log_problems.join("; ")).into_owned()
+            },
+        ),
         ("source file", s.source.as_deref().map_or_else(dash, path)),
     ];
 
@@ -663,6 +696,10 @@ mod tests {
             kill_signal: "SIGINT".into(),
             kill_timeout_ms: 1600,
             source: Some("/srv/app/ecosystem.toml".into()),
+            logs: pm2rs_proto::LogSpec {
+                max_size: Some(1 << 20),
+                ..pm2rs_proto::LogSpec::unset()
+            },
         }
     }
 
@@ -674,6 +711,8 @@ mod tests {
             spec: spec(),
             out_log: "/home/deploy/.pm2rs/logs/api-out-3.log".into(),
             err_log: "/home/deploy/.pm2rs/logs/api-error-3.log".into(),
+            combined_log: None,
+            log_problems: vec!["/var/log/api.log: No space left on device (os error 28)".into()],
         }
     }
 
@@ -1026,6 +1065,8 @@ mod tests {
             "/srv/app/ecosystem.toml",
             "api-out-3.log",
             "api-error-3.log",
+            "at 1M, keep default count, gzip per daemon default",
+            "No space left on device",
             "1.6s",
             "500ms",
             "100ms",
