@@ -10,6 +10,7 @@
 //! - `harness`: [`harness::Harness`], one temp home + the binary + a `run` helper, and the cleanup
 //!   guard that stops the daemon and every app process on drop (also on error, panic and Ctrl-C).
 //! - `report`: figures, targets, the printed table and `target/bench/results.json`.
+//! - `logs`: the log-capture suite (a 1,000,000-line flood against a file and `| cat`).
 //! - This file: the scenarios, grouped in [`Suite`]s.
 //!
 //! # Adding a scenario
@@ -23,7 +24,10 @@
 //! the build) could not run; 2 for bad arguments.
 
 mod harness;
+mod logs;
 mod report;
+
+pub use logs::flood_writer;
 
 use std::env;
 use std::ffi::OsString;
@@ -62,6 +66,8 @@ pub struct Options {
     /// Bench this binary instead of building `target/release/pm2rs` (e.g. a release artifact or an
     /// older build to compare with).
     pub bin: Option<PathBuf>,
+    /// Run only the suite of this name (`core`, `logs`).
+    pub suite: Option<String>,
 }
 
 impl Options {
@@ -72,6 +78,13 @@ impl Options {
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => options.quick = true,
+                "--suite" => {
+                    let name = args.next().ok_or("--suite needs a name")?;
+                    if !SUITES.iter().any(|s| s.name == name) {
+                        return Err(format!("unknown suite `{name}`"));
+                    }
+                    options.suite = Some(name.clone());
+                }
                 "--bin" => {
                     let path = args.next().ok_or("--bin needs a path")?;
                     options.bin = Some(PathBuf::from(path));
@@ -106,31 +119,40 @@ struct Suite {
 }
 
 /// Every suite, in the order they run.
-const SUITES: &[Suite] = &[Suite {
-    name: "core",
-    scenarios: &[
-        Scenario {
-            name: "idle daemon",
-            run: idle_daemon,
-        },
-        Scenario {
-            name: "start 100 instances",
-            run: start_instances,
-        },
-        Scenario {
-            name: "RSS with 100 instances",
-            run: loaded_daemon,
-        },
-        Scenario {
-            name: "list round trip",
-            run: list_round_trip,
-        },
-        Scenario {
-            name: "crash → new pid",
-            run: crash_replacement,
-        },
-    ],
-}];
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "core",
+        scenarios: &[
+            Scenario {
+                name: "idle daemon",
+                run: idle_daemon,
+            },
+            Scenario {
+                name: "start 100 instances",
+                run: start_instances,
+            },
+            Scenario {
+                name: "RSS with 100 instances",
+                run: loaded_daemon,
+            },
+            Scenario {
+                name: "list round trip",
+                run: list_round_trip,
+            },
+            Scenario {
+                name: "crash → new pid",
+                run: crash_replacement,
+            },
+        ],
+    },
+    Suite {
+        name: "logs",
+        scenarios: &[Scenario {
+            name: "log flood",
+            run: logs::flood,
+        }],
+    },
+];
 
 /// Runs the bench, prints the table, writes the JSON; returns the process exit status.
 pub fn main(options: &Options) -> ExitCode {
@@ -165,6 +187,13 @@ fn run(options: &Options) -> Result<Report> {
     let pm2rs_version = version(&bin);
     let mut scenarios = Vec::new();
     for suite in SUITES {
+        if options
+            .suite
+            .as_ref()
+            .is_some_and(|only| only != suite.name)
+        {
+            continue;
+        }
         scenarios.extend(run_suite(suite, &bin, options));
     }
     let report = Report {

@@ -21,6 +21,8 @@ pub enum Unit {
     Ms,
     /// Mebibytes (1024 × 1024 bytes); RSS targets are read as MiB.
     Mib,
+    /// A count of lines.
+    Lines,
 }
 
 impl Unit {
@@ -28,6 +30,7 @@ impl Unit {
         match self {
             Unit::Ms => "ms",
             Unit::Mib => "MiB",
+            Unit::Lines => "lines",
         }
     }
 }

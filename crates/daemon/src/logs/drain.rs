@@ -21,7 +21,17 @@ use tracing::{debug, error};
 use super::{Batch, LineFormat, Sink};
 
 /// Bytes read from a pipe before they are written out.
-pub const CHUNK: usize = 128 << 10;
+pub const CHUNK: usize = 256 << 10;
+
+/// A read smaller than this, right after a write, counts as a trickle: the next read waits
+/// [`COALESCE`] first. A pipe that was idle is read at once.
+const TRICKLE: usize = 16 << 10;
+const COALESCE: Duration = Duration::from_millis(1);
+
+/// Pipe capacity asked for once a pipe is seen full (the kernel's default is 64 KiB): the app
+/// keeps writing into the pipe while the daemon writes the file, without the daemon holding more
+/// memory. Refused (and then left alone) beyond the system's or the user's pipe limits.
+const BUSY_PIPE_SIZE: i32 = 1 << 20;
 
 /// The first and longest wait before a failed write is retried (a full disk, a missing mount).
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -48,14 +58,22 @@ impl Drain {
     /// Reads `pipe` until end of file; every byte read ends up in the sinks.
     pub async fn run(self, pipe: pipe::Receiver) {
         let mut buf: Vec<u8> = Vec::new();
+        let mut grown = false;
+        let mut trickle = false;
         loop {
             if buf.is_empty() {
                 // Idle: hold no buffer while waiting.
                 buf = Vec::new();
             }
+            if trickle {
+                // The app writes small pieces as fast as they are read: let them gather a moment,
+                // so one read and one file write carry many lines instead of a few.
+                tokio::time::sleep(COALESCE).await;
+            }
             if pipe.readable().await.is_err() {
                 break;
             }
+            let before = buf.len();
             let eof = match self.fill(&pipe, &mut buf) {
                 Ok(eof) => eof,
                 Err(e) => {
@@ -63,6 +81,14 @@ impl Drain {
                     true
                 }
             };
+            if !grown && buf.len() >= 64 << 10 {
+                grown = true;
+                let size = nix::fcntl::FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE);
+                if let Err(e) = nix::fcntl::fcntl(&pipe, size) {
+                    debug!(id = self.id, %e, "pipe not enlarged");
+                }
+            }
+            trickle = before == 0 && buf.len() < TRICKLE && !buf.is_empty();
             let cut = self.cut(&buf, eof);
             if cut > 0 {
                 buf = self.emit(buf, cut).await;
@@ -82,7 +108,8 @@ impl Drain {
         }
         loop {
             if buf.len() == buf.capacity() {
-                if buf.len() >= CHUNK && buf.contains(&b'\n') || buf.len() >= limit {
+                if buf.len() >= CHUNK && memchr::memchr(b'\n', buf).is_some() || buf.len() >= limit
+                {
                     return Ok(false);
                 }
                 buf.reserve_exact((buf.len()).min(limit - buf.len()));
@@ -103,7 +130,7 @@ impl Drain {
         if eof {
             return buf.len();
         }
-        match buf.iter().rposition(|&b| b == b'\n') {
+        match memchr::memrchr(b'\n', buf) {
             Some(nl) => nl + 1,
             None if buf.len() > self.max_line => self.max_line,
             None => 0,
@@ -204,8 +231,21 @@ impl Drain {
 /// `lines` with every line longer than `max` cut into pieces of `max` bytes (each ended by a
 /// newline), or `None` when no line is that long.
 fn split_long(lines: &[u8], max: usize) -> Option<Vec<u8>> {
-    let too_long = |l: &&[u8]| l.len() > max;
-    if !lines.split(|&b| b == b'\n').any(|l| too_long(&l)) {
+    // No line can be longer than all of them together (the common case: no scan at all).
+    if lines.len() <= max {
+        return None;
+    }
+    let mut start = 0;
+    let longest = memchr::memchr_iter(b'\n', lines)
+        .chain(std::iter::once(lines.len()))
+        .map(|nl| {
+            let len = nl - start;
+            start = nl + 1;
+            len
+        })
+        .max()
+        .unwrap_or(0);
+    if longest <= max {
         return None;
     }
     let mut out = Vec::with_capacity(lines.len() + lines.len() / max + 1);

@@ -144,7 +144,7 @@ impl Sink {
             return rest.len();
         }
         // The longest run of whole lines that fits.
-        if let Some(nl) = rest[..room].iter().rposition(|&b| b == b'\n') {
+        if let Some(nl) = memchr::memrchr(b'\n', &rest[..room]) {
             return nl + 1;
         }
         if self.size > 0 {
