@@ -2,7 +2,7 @@
 //! fast means" targets of the design notes.
 //!
 //! It builds `pm2rs` with `cargo build --release -p pm2rs` (or takes `--bin PATH`), then drives
-//! `target/release/pm2rs` as a user would, through the CLI, against a daemon in a fresh temporary `PM2RS_HOME`. Figures come from
+//! the release `pm2rs` as a user would, through the CLI, against a daemon in a fresh temporary `PM2RS_HOME`. Figures come from
 //! clocks around real events (process exit as reported by the kernel, `started_at_us` reported by
 //! the daemon); waiting is always a poll with a deadline, never a sleep standing in for a measurement.
 //!
@@ -63,7 +63,7 @@ const TARGET_CRASH_MS: f64 = 3.0;
 pub struct Options {
     /// Fewer repetitions of the timed scenarios, for a fast check.
     pub quick: bool,
-    /// Bench this binary instead of building `target/release/pm2rs` (e.g. a release artifact or an
+    /// Bench this binary instead of building the release `pm2rs` (e.g. a release artifact or an
     /// older build to compare with).
     pub bin: Option<PathBuf>,
     /// Run only the suite of this name (`core`, `logs`).
@@ -177,10 +177,7 @@ fn run(options: &Options) -> Result<Report> {
     let target = target_dir(&root);
     let bin = match &options.bin {
         Some(bin) => env::current_dir()?.join(bin),
-        None => {
-            build(&root)?;
-            target.join("release").join("pm2rs")
-        }
+        None => build(&root)?,
     };
     ensure!(bin.is_file(), "{} does not exist", bin.display());
 
@@ -291,19 +288,35 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
-/// `cargo build --release -p pm2rs`, output shown as it happens.
-fn build(root: &Path) -> Result<()> {
+/// `cargo build --release -p pm2rs`, diagnostics shown as they happen; returns the path of the
+/// built executable as cargo reports it (the directory depends on the configured target).
+fn build(root: &Path) -> Result<PathBuf> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     eprintln!("bench: cargo build --release -p pm2rs");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "pm2rs"])
+    let output = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "pm2rs",
+            "--message-format=json-render-diagnostics",
+        ])
         .current_dir(root)
-        .status()
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
-    if !status.success() {
-        bail!("`cargo build --release -p pm2rs` failed ({status})");
+    if !output.status.success() {
+        bail!(
+            "`cargo build --release -p pm2rs` failed ({})",
+            output.status
+        );
     }
-    Ok(())
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "pm2rs")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no `pm2rs` executable")
 }
 
 /// `pm2rs --version`, if it answers.

@@ -23,7 +23,7 @@ tasks:
   bench [--quick] [--bin PATH] [--suite core|logs]
                     build the release binary and measure it against the performance targets;
                     --quick repeats the timed scenarios fewer times;
-                    --bin benches PATH instead of building target/release/pm2rs;
+                    --bin benches PATH instead of building the release pm2rs;
                     --suite runs one suite only
   ci                cargo fmt --check, clippy -D warnings, and cargo test --workspace (what CI runs)
   help              show this text
