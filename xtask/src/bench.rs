@@ -2,7 +2,7 @@
 //! fast means" targets of the design notes.
 //!
 //! It builds `pm2rs` with `cargo build --release -p pm2rs` (or takes `--bin PATH`), then drives
-//! `target/release/pm2rs` as a user would, through the CLI, against a daemon in a fresh temporary `PM2RS_HOME`. Figures come from
+//! the release `pm2rs` as a user would, through the CLI, against a daemon in a fresh temporary `PM2RS_HOME`. Figures come from
 //! clocks around real events (process exit as reported by the kernel, `started_at_us` reported by
 //! the daemon); waiting is always a poll with a deadline, never a sleep standing in for a measurement.
 //!
@@ -10,6 +10,9 @@
 //! - `harness`: [`harness::Harness`], one temp home + the binary + a `run` helper, and the cleanup
 //!   guard that stops the daemon and every app process on drop (also on error, panic and Ctrl-C).
 //! - `report`: figures, targets, the printed table and `target/bench/results.json`.
+//! - `logs`: the log-capture suite (a 1,000,000-line flood against a file and `| cat`).
+//! - `cluster`: the cluster suite (Node hello-world req/s through pm2rs, one process and PM2; failed
+//!   requests during reload under load).
 //! - This file: the scenarios, grouped in [`Suite`]s.
 //!
 //! # Adding a scenario
@@ -24,7 +27,10 @@
 
 mod cluster;
 mod harness;
+mod logs;
 mod report;
+
+pub use logs::flood_writer;
 
 use std::env;
 use std::ffi::OsString;
@@ -60,10 +66,10 @@ const TARGET_CRASH_MS: f64 = 3.0;
 pub struct Options {
     /// Fewer repetitions of the timed scenarios, for a fast check.
     pub quick: bool,
-    /// Bench this binary instead of building `target/release/pm2rs` (e.g. a release artifact or an
+    /// Bench this binary instead of building the release `pm2rs` (e.g. a release artifact or an
     /// older build to compare with).
     pub bin: Option<PathBuf>,
-    /// `--suite NAME`: run only this suite (`core`, `cluster`).
+    /// Run only the suite of this name (`core`, `logs`, `cluster`).
     pub suite: Option<String>,
 }
 
@@ -75,16 +81,16 @@ impl Options {
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => options.quick = true,
-                "--bin" => {
-                    let path = args.next().ok_or("--bin needs a path")?;
-                    options.bin = Some(PathBuf::from(path));
-                }
                 "--suite" => {
                     let name = args.next().ok_or("--suite needs a name")?;
                     if !SUITES.iter().any(|s| s.name == name) {
                         return Err(format!("unknown suite `{name}`"));
                     }
                     options.suite = Some(name.clone());
+                }
+                "--bin" => {
+                    let path = args.next().ok_or("--bin needs a path")?;
+                    options.bin = Some(PathBuf::from(path));
                 }
                 other => return Err(format!("unknown bench option `{other}`")),
             }
@@ -142,6 +148,13 @@ const SUITES: &[Suite] = &[
             },
         ],
     },
+    Suite {
+        name: "logs",
+        scenarios: &[Scenario {
+            name: "log flood",
+            run: logs::flood,
+        }],
+    },
     cluster::SUITE,
 ];
 
@@ -168,19 +181,20 @@ fn run(options: &Options) -> Result<Report> {
     let target = target_dir(&root);
     let bin = match &options.bin {
         Some(bin) => env::current_dir()?.join(bin),
-        None => {
-            build(&root)?;
-            target.join("release").join("pm2rs")
-        }
+        None => build(&root)?,
     };
     ensure!(bin.is_file(), "{} does not exist", bin.display());
 
     let pm2rs_version = version(&bin);
     let mut scenarios = Vec::new();
-    for suite in SUITES
-        .iter()
-        .filter(|s| options.suite.as_ref().is_none_or(|only| only == s.name))
-    {
+    for suite in SUITES {
+        if options
+            .suite
+            .as_ref()
+            .is_some_and(|only| only != suite.name)
+        {
+            continue;
+        }
         scenarios.extend(run_suite(suite, &bin, options));
     }
     let report = Report {
@@ -278,19 +292,35 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
-/// `cargo build --release -p pm2rs`, output shown as it happens.
-fn build(root: &Path) -> Result<()> {
+/// `cargo build --release -p pm2rs`, diagnostics shown as they happen; returns the path of the
+/// built executable as cargo reports it (the directory depends on the configured target).
+fn build(root: &Path) -> Result<PathBuf> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     eprintln!("bench: cargo build --release -p pm2rs");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "pm2rs"])
+    let output = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "pm2rs",
+            "--message-format=json-render-diagnostics",
+        ])
         .current_dir(root)
-        .status()
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
-    if !status.success() {
-        bail!("`cargo build --release -p pm2rs` failed ({status})");
+    if !output.status.success() {
+        bail!(
+            "`cargo build --release -p pm2rs` failed ({})",
+            output.status
+        );
     }
-    Ok(())
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "pm2rs")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no `pm2rs` executable")
 }
 
 /// `pm2rs --version`, if it answers.

@@ -10,6 +10,7 @@
 //! - [`metrics`]: cpu/memory sampling for `list`.
 //! - [`cluster`]: listening sockets handed to instances, readiness (sd_notify, Node IPC, the Node
 //!   shim), the rolling-reload state machine.
+//! - [`logs`]: output capture: pipes drained into rotated files, followers, the daemon's own log.
 //!
 //! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token);
 //! [`run_daemon`] is what `pm2rs daemon` calls.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod cluster;
 pub mod home;
 pub mod lifecycle;
+pub mod logs;
 pub mod metrics;
 pub mod policy;
 pub mod process;
@@ -39,6 +41,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::api::{ApiState, PeerCheckedListener};
 use crate::home::Home;
+use crate::logs::{DaemonLog, LogHub, Rotation};
 use crate::supervisor::{Command, Supervisor};
 
 /// How `pm2rs daemon` was asked to run.
@@ -48,7 +51,14 @@ pub struct DaemonOptions {
     pub home: PathBuf,
     /// Started by the CLI in the background: after the ready line, detach stdin/stdout/stderr.
     pub detached: bool,
+    /// Daemon-wide log settings (rotation defaults, longest line).
+    pub log_defaults: pm2rs_proto::LogDefaults,
 }
+
+/// How many threads may write log files at once (each busy pipe has at most one write pending).
+const LOG_WRITE_THREADS: usize = 8;
+/// How long the daemon waits at exit for the last output of its apps to reach the files.
+const LOG_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the daemon in the foreground until `pm2rs kill`, SIGTERM or SIGINT. Prints `ready <pid>` on
 /// stdout once the socket accepts connections (the CLI waits for that line).
@@ -56,10 +66,12 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
     let home = Home::new(opts.home);
     home.prepare()?;
     let lock = home.lock()?;
-    init_tracing(&home)?;
+    let hub = LogHub::new(home.logs_dir(), opts.log_defaults);
+    init_tracing(&home, &hub)?;
     nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(LOG_WRITE_THREADS)
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
@@ -68,6 +80,16 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
         // Signals end the daemon the same way `pm2rs kill` does: stop every app first.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        // SIGUSR2 reopens every log file, for an external logrotate (as `pm2rs reload-logs`).
+        let mut usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+        let reopen = hub.clone();
+        tokio::spawn(async move {
+            while usr2.recv().await.is_some() {
+                reopen.reopen_all();
+                info!("SIGUSR2: log files reopened");
+            }
+        });
         let signalled = shutdown.child_token();
         let on_signal = signalled.clone();
         tokio::spawn(async move {
@@ -80,7 +102,7 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
         });
         announce_ready(opts.detached);
         info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
-        serve(listener, home.clone(), shutdown, signalled).await
+        serve(listener, home.clone(), hub, shutdown, signalled).await
     });
     home.cleanup();
     drop(lock);
@@ -93,6 +115,7 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
 pub async fn serve(
     listener: UnixListener,
     home: Home,
+    logs: LogHub,
     shutdown: CancellationToken,
     stop_apps: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -101,7 +124,7 @@ pub async fn serve(
     let (metrics_tx, metrics_rx) = watch::channel(Arc::new(HashMap::new()));
     let (cmd_tx, cmd_rx) = mpsc::channel(supervisor::COMMAND_QUEUE);
 
-    let supervisor = Supervisor::new(home.logs_dir(), &home.dir, snapshot_tx, shutdown.clone());
+    let supervisor = Supervisor::new(logs.clone(), &home.dir, snapshot_tx, shutdown.clone());
     let sup_done = shutdown.clone();
     // However the supervisor ends (a kill, an error, even a panic), the daemon ends with it rather
     // than serving an API nobody acts on.
@@ -142,6 +165,8 @@ pub async fn serve(
         metrics: metrics_rx,
         started: Instant::now(),
         home: home.dir.clone(),
+        logs: logs.clone(),
+        shutdown: shutdown.clone(),
     };
     let listener = PeerCheckedListener {
         inner: listener,
@@ -154,6 +179,8 @@ pub async fn serve(
         .context("control socket server failed")?;
     tracker.close();
     tracker.wait().await;
+    // Every app is gone: let the drains write what is left in the pipes.
+    logs.finish(LOG_DRAIN_GRACE).await;
     Ok(())
 }
 
@@ -173,12 +200,17 @@ fn announce_ready(detached: bool) {
     }
 }
 
-fn init_tracing(home: &Home) -> anyhow::Result<()> {
+/// Sends tracing to `pm2rs.log`, rotated with the daemon-wide defaults and reopened with the apps'
+/// logs.
+fn init_tracing(home: &Home, hub: &LogHub) -> anyhow::Result<()> {
     let path = home.daemon_log();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let d = hub.defaults();
+    let rotation = Rotation {
+        max_size: d.max_size,
+        retain: d.retain,
+        compress: d.compress,
+    };
+    let writer = DaemonLog::open(path.clone(), rotation, hub.generation())
         .with_context(|| format!("cannot open {}", path.display()))?;
     let level = std::env::var("PM2RS_LOG")
         .ok()
@@ -187,7 +219,7 @@ fn init_tracing(home: &Home) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
+        .with_writer(writer)
         .try_init();
     Ok(())
 }

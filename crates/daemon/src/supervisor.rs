@@ -36,6 +36,7 @@ use tracing::{debug, error, info, warn};
 use crate::cluster::reload::{self, NewState, Reload};
 use crate::cluster::{self, Cluster, Notice, ipc::NodeMessage};
 use crate::lifecycle::{self, Event};
+use crate::logs::LogHub;
 use crate::policy::{self, Decision, ExitReason, RestartHistory, RestartPolicy};
 use crate::process::{self, SpawnInput, Tracked};
 
@@ -110,6 +111,8 @@ impl Snapshot {
                 spec: (**spec).clone(),
                 out_log: out_log.clone(),
                 err_log: err_log.clone(),
+                combined_log: None,
+                log_problems: Vec::new(),
             });
         }
         Ok(DescribeResponse { processes: out })
@@ -216,9 +219,9 @@ struct Proc {
     err_log: PathBuf,
     /// The last `STATUS=` of the current run.
     notify_status: Option<String>,
-    /// Started by a reload to replace another instance: `listen_timeout` fails it instead of
-    /// making it online.
-    replacing: bool,
+    /// Started by a reload to replace the instance of this id (whose id, log files and
+    /// `PM2RS_ID` it takes): `listen_timeout` fails it instead of making it online.
+    replaces: Option<u32>,
     /// A replacement that was not ready within `listen_timeout`.
     not_ready: bool,
 }
@@ -256,6 +259,8 @@ struct Pending {
 /// The supervisor's state. Built by [`Supervisor::new`], consumed by [`Supervisor::run`].
 pub struct Supervisor {
     logs_dir: PathBuf,
+    /// Pipes and files of every instance's output.
+    logs: LogHub,
     apps: BTreeMap<String, App>,
     procs: BTreeMap<u32, Proc>,
     by_pid: HashMap<Pid, u32>,
@@ -276,10 +281,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor writing logs under `logs_dir`, publishing on `snapshot`, with its notify
+    /// A supervisor capturing output through `logs`, publishing on `snapshot`, with its notify
     /// socket and Node shim in `runtime_dir`. Must be called inside the runtime.
     pub fn new(
-        logs_dir: PathBuf,
+        logs: LogHub,
         runtime_dir: &std::path::Path,
         snapshot: watch::Sender<Arc<Snapshot>>,
         shutdown: CancellationToken,
@@ -290,7 +295,8 @@ impl Supervisor {
             .flatten()
             .map(|u| u.name);
         Supervisor {
-            logs_dir,
+            logs_dir: logs.logs_dir().to_path_buf(),
+            logs,
             apps: BTreeMap::new(),
             procs: BTreeMap::new(),
             by_pid: HashMap::new(),
@@ -554,7 +560,7 @@ impl Supervisor {
                 out_log: PathBuf::new(),
                 err_log: PathBuf::new(),
                 notify_status: None,
-                replacing: false,
+                replaces: None,
                 not_ready: false,
             },
         );
@@ -596,18 +602,29 @@ impl Supervisor {
             return;
         };
         let spec = &app.spec;
-        let (out_log, err_log) = log_paths(&self.logs_dir, spec, p.id);
+        // A replacement writes where the instance it replaces does.
+        let log_id = p.replaces.unwrap_or(p.id);
+        let (out_log, err_log) = log_paths(&self.logs_dir, spec, log_id);
         let prepared = self.cluster.prepare(spec, p.instance);
         let result = match &prepared {
-            Ok(prepared) => process::spawn(&SpawnInput {
-                spec,
-                instance: p.instance,
-                id: p.id,
-                out_log: &out_log,
-                err_log: &err_log,
-                handoff: Some(&prepared.handoff),
-            }),
             Err(e) => Err(std::io::Error::other(e.clone())),
+            Ok(prepared) => {
+                self.logs
+                    .capture(spec.clone(), log_id)
+                    .and_then(|(stdout, stderr, capture)| {
+                        let input = SpawnInput {
+                            spec,
+                            instance: p.instance,
+                            id: log_id,
+                            stdout,
+                            stderr,
+                            handoff: Some(&prepared.handoff),
+                        };
+                        let tracked = process::spawn(input)?;
+                        self.logs.start(capture, tracked.pid.as_raw() as u32);
+                        Ok(tracked)
+                    })
+            }
         };
         p.out_log = out_log;
         p.err_log = err_log;
@@ -806,7 +823,7 @@ impl Supervisor {
                     let Some(app) = self.apps.get(&p.app) else {
                         continue;
                     };
-                    if p.replacing {
+                    if p.replaces.is_some() {
                         // A reload does not hand traffic to an instance that never said so.
                         p.not_ready = true;
                     } else {
@@ -1060,19 +1077,10 @@ fn became_ready(p: &mut Proc, spec: &AppSpec) {
     }
 }
 
-/// `<logs>/<name>-out.log` for a single instance, `<name>-out-<id>.log` when the app has several.
+/// The stdout and stderr files of an instance (see [`crate::logs::paths`]).
 fn log_paths(logs_dir: &std::path::Path, spec: &AppSpec, id: u32) -> (PathBuf, PathBuf) {
-    if spec.instances > 1 {
-        (
-            logs_dir.join(format!("{}-out-{id}.log", spec.name)),
-            logs_dir.join(format!("{}-error-{id}.log", spec.name)),
-        )
-    } else {
-        (
-            logs_dir.join(format!("{}-out.log", spec.name)),
-            logs_dir.join(format!("{}-error.log", spec.name)),
-        )
-    }
+    let paths = crate::logs::paths(logs_dir, spec, id);
+    (paths.out, paths.err)
 }
 
 fn unix_micros() -> u64 {

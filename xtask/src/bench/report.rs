@@ -25,6 +25,8 @@ pub enum Unit {
     PerSec,
     /// A plain count (e.g. failed requests).
     Count,
+    /// A count of lines.
+    Lines,
 }
 
 impl Unit {
@@ -34,6 +36,7 @@ impl Unit {
             Unit::Mib => "MiB",
             Unit::PerSec => "req/s",
             Unit::Count => "",
+            Unit::Lines => "lines",
         }
     }
 }

@@ -380,7 +380,7 @@ fn a_missed_watchdog_ping_restarts_the_instance() {
 #[test]
 fn reload_in_fork_mode_starts_the_new_instance_before_stopping_the_old() {
     let t = Pm2rs::new();
-    t.script("s.sh", "exec sleep 1000");
+    t.script("s.sh", "echo \"pid $$\"; exec sleep 1000");
     t.ok(&["start", "s.sh", "--name", "forky", "-i", "2"]);
     let before = t.wait_online("forky", 2);
     let old = pid_set(&t, "forky");
@@ -392,9 +392,26 @@ fn reload_in_fork_mode_starts_the_new_instance_before_stopping_the_old() {
         assert_eq!((b.id, b.instance), (a.id, a.instance));
         assert_eq!(a.restarts, b.restarts + 1);
     }
-    for pid in old {
+    for pid in &old {
         assert!(!alive(Pid::from_raw(pid.parse().unwrap())));
     }
+    // A replacement writes to the log file of the instance it replaces (its id's), nowhere else.
+    for p in &after {
+        let log = t.home().join(format!("logs/forky-out-{}.log", p.id));
+        let want = format!("pid {}", p.pid.unwrap());
+        assert!(
+            eventually(DEADLINE, || std::fs::read_to_string(&log)
+                .is_ok_and(|s| s.contains(&want))),
+            "{want} not in {}",
+            log.display()
+        );
+    }
+    let logs: Vec<String> = std::fs::read_dir(t.home().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("forky-out"))
+        .collect();
+    assert_eq!(logs.len(), 2, "{logs:?}");
 }
 
 #[test]

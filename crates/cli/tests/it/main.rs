@@ -6,6 +6,7 @@
 //! - `harness`: the per-test environment, CLI runner, polling with deadlines, cleanup guard.
 //! - `daemon`: the daemon and its socket (start on first use, ping, kill, permissions, one per home).
 //! - `apps`: app lifecycle through the CLI (start, list, crash, restart policy, stop, delete, scale).
+//! - `logs`: log capture, rotation, `logs`/`flush`/`reload-logs`, formats, disk problems.
 //! - `config`: ecosystem files through the CLI (errors change nothing, profiles, JSON).
 //! - `cluster`: cluster mode, readiness and reload with real servers (Node, Python) on real sockets.
 //! - `http`: the load client those tests use.
@@ -16,3 +17,4 @@ mod config;
 mod daemon;
 mod harness;
 mod http;
+mod logs;

@@ -148,6 +148,7 @@ mod tests {
             wait_ready: false,
             listen_timeout_ms: 3000,
             watchdog_timeout_ms: None,
+            logs: pm2rs_proto::LogSpec::unset(),
         }
     }
 

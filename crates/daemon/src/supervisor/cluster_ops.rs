@@ -189,7 +189,7 @@ impl reload::Host for Supervisor {
         if let Some(p) = self.procs.get_mut(&new) {
             // Same slot, so the same listening socket.
             p.instance = instance;
-            p.replacing = true;
+            p.replaces = Some(old);
         }
         self.start_proc(new, false);
         Some(new)
@@ -235,7 +235,7 @@ impl reload::Host for Supervisor {
         };
         // The new instance takes the old one's id, as PM2's reload keeps ids.
         p.id = old;
-        p.replacing = false;
+        p.replaces = None;
         p.restarts = gone.restarts + 1;
         if let Some(run) = p.run {
             self.by_pid.insert(run.tracked.pid, old);
