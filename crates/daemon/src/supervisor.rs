@@ -408,14 +408,12 @@ impl Supervisor {
         };
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         // Bind every new or changed address first: a port in use changes nothing.
-        for spec in &specs {
-            if let Err(e) = self.cluster.bind(spec) {
-                let _ = reply.send(Err(api_error(
-                    ErrorKind::Failed,
-                    &format!("cannot start `{}`: {e}; nothing was changed", spec.name),
-                )));
-                return;
-            }
+        if let Err(e) = self.cluster.bind_all(&specs) {
+            let _ = reply.send(Err(api_error(
+                ErrorKind::Failed,
+                &format!("{e}; nothing was changed"),
+            )));
+            return;
         }
         let mut changed = Vec::new();
         let mut to_stop = Vec::new();

@@ -402,9 +402,12 @@ fn measure(port: u16, duration: Duration) -> Result<f64> {
 fn failures_during(port: u16, action: impl FnOnce() -> Result<()>) -> Result<Counts> {
     let load = Load::start(port, 2, 2);
     thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
     let result = action();
+    let took = started.elapsed();
     thread::sleep(Duration::from_secs(1));
-    let counts = load.finish();
+    let mut counts = load.finish();
+    counts.reload = took;
     result?;
     Ok(counts)
 }
@@ -414,14 +417,19 @@ fn failures_during(port: u16, action: impl FnOnce() -> Result<()>) -> Result<Cou
 struct Counts {
     ok: u64,
     failed: u64,
+    /// How long the reload command took.
+    reload: Duration,
 }
 
 impl Counts {
     fn describe(&self) -> String {
         format!(
             "{} requests answered, {} failed, from 2 keep-alive and 2 new-connection-per-request \
-             clients running from 0.5 s before the reload until 1 s after it returned",
-            self.ok, self.failed
+             clients running from 0.5 s before the reload until 1 s after it returned; the reload \
+             command took {:.0} ms",
+            self.ok,
+            self.failed,
+            self.reload.as_secs_f64() * 1000.0
         )
     }
 }
@@ -481,6 +489,7 @@ impl Load {
         Counts {
             ok: self.ok.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            reload: Duration::ZERO,
         }
     }
 }

@@ -364,6 +364,22 @@ fn a_port_in_use_by_another_process_is_a_clear_error_and_changes_nothing() {
         r.stderr
     );
     assert!(t.list().is_empty());
+    // All or nothing: with a second app whose port is free, that port is not kept either.
+    let free = free_port();
+    t.write(
+        "eco.toml",
+        &format!(
+            "[[apps]]\nname = \"first\"\nscript = \"server.py\"\nexec_mode = \"cluster\"\n\
+             listen = [\"127.0.0.1:{free}\"]\n\
+             [[apps]]\nname = \"py\"\nscript = \"server.py\"\nexec_mode = \"cluster\"\n\
+             listen = [\"127.0.0.1:{port}\"]\n"
+        ),
+    );
+    let r = t.run(&["start", "eco.toml"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(t.list().is_empty());
+    std::net::TcpListener::bind(("127.0.0.1", free)).expect("the first app's port was let go");
+    drop(other);
 }
 
 #[test]

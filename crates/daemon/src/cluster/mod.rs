@@ -121,28 +121,50 @@ impl Cluster {
         (cluster, rx)
     }
 
-    /// Binds `spec`'s addresses now (so a port in use is an error before anything changes). An app
-    /// whose addresses did not change keeps its sockets.
-    pub fn bind(&mut self, spec: &AppSpec) -> Result<(), String> {
-        let held: Vec<_> = self
-            .sockets
-            .get(&spec.name)
-            .map(|s| s.addrs().to_vec())
-            .unwrap_or_default();
-        if spec.listen.is_empty() {
-            self.sockets.remove(&spec.name);
-            return Ok(());
+    /// Binds the addresses of every spec of a `start` request before anything changes: all of
+    /// them or none (a port in use by another process is the error, naming it). An app whose
+    /// addresses did not change keeps its sockets.
+    pub fn bind_all(&mut self, specs: &[AppSpec]) -> Result<(), String> {
+        let mut bound = Vec::new();
+        for spec in specs {
+            let held: Vec<_> = self
+                .sockets
+                .get(&spec.name)
+                .map(|s| s.addrs().to_vec())
+                .unwrap_or_default();
+            if held == spec.listen {
+                continue;
+            }
+            let sockets = if spec.listen.is_empty() {
+                None
+            } else {
+                Some(
+                    AppSockets::bind(&spec.listen, spec.cluster_socket, &held)
+                        .map_err(|e| format!("cannot start `{}`: {e}", spec.name))?,
+                )
+            };
+            bound.push((spec.name.clone(), sockets));
         }
-        if held == spec.listen {
-            return Ok(());
+        for (name, sockets) in bound {
+            match sockets {
+                Some(s) => self.sockets.insert(name, s),
+                None => self.sockets.remove(&name),
+            };
         }
-        let sockets = AppSockets::bind(&spec.listen, spec.cluster_socket, &held)?;
-        self.sockets.insert(spec.name.clone(), sockets);
+        Ok(())
+    }
+
+    /// Binds `spec`'s addresses if they are not bound (an app started again after a stop).
+    fn bind(&mut self, spec: &AppSpec) -> Result<(), String> {
+        if !self.is_bound(spec) {
+            let sockets = AppSockets::bind(&spec.listen, spec.cluster_socket, &[])?;
+            self.sockets.insert(spec.name.clone(), sockets);
+        }
         Ok(())
     }
 
     /// Whether `spec`'s addresses are bound (or it has none).
-    pub fn is_bound(&self, spec: &AppSpec) -> bool {
+    fn is_bound(&self, spec: &AppSpec) -> bool {
         spec.listen.is_empty()
             || self
                 .sockets
@@ -153,9 +175,7 @@ impl Cluster {
     /// What to hand instance `instance` of `spec`. Binds the app's sockets if they were closed
     /// (started again after a stop) and the instance slot's socket if it is new.
     pub fn prepare(&mut self, spec: &AppSpec, instance: u32) -> Result<Prepared, String> {
-        if !self.is_bound(spec) {
-            self.bind(spec)?;
-        }
+        self.bind(spec)?;
         let mut handoff = Handoff::default();
         if let Some(sockets) = self.sockets.get_mut(&spec.name) {
             handoff.listen = sockets.fds_for(instance)?;

@@ -8,7 +8,6 @@
 'use strict';
 (function pm2rsShim() {
   const net = require('net');
-  const http = require('http');
   const env = process.env;
 
   // Sockets handed to this very process, by port.
@@ -21,8 +20,10 @@
       if (m && !handed.has(Number(m[1]))) handed.set(Number(m[1]), 3 + i);
     }
   }
-  // Do not pass them on to processes this app starts.
-  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES']) delete env[k];
+  const clusterMode = env.PM2RS_EXEC_MODE === 'cluster';
+  // Do not pass them on to processes this app starts (they inherit NODE_OPTIONS, so they load
+  // this shim too, which then stays inert).
+  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'PM2RS_EXEC_MODE']) delete env[k];
 
   const send = (msg) => {
     if (typeof process.send === 'function' && process.connected) {
@@ -34,7 +35,6 @@
   // (`if (cluster.isPrimary) fork() else listen()`) runs its worker branch directly. Node's own
   // listen()/bind() read the same flags to decide whether to ask a primary for the socket, so
   // they see the truth (this process is on its own) while they run: see `asPrimary`.
-  const clusterMode = env.PM2RS_EXEC_MODE === 'cluster';
   const cluster = clusterMode || handed.size > 0 ? require('cluster') : undefined;
   if (cluster) {
     const instance = parseInt(env.PM2RS_INSTANCE || '0', 10);
@@ -132,10 +132,11 @@
     return asPrimary(() => (cb ? listen.call(this, opts, cb) : listen.call(this, opts)));
   };
 
-  // Responses not sent yet, so a drain can still mark them `Connection: close`.
+  // Responses not sent yet, so a drain can still mark them `Connection: close`. Patched on
+  // net.Server, which http.Server and https.Server (through tls.Server) both inherit.
   const open = new Set();
-  const emit = http.Server.prototype.emit;
-  http.Server.prototype.emit = function pm2rsEmit(event, req, res) {
+  const emit = net.Server.prototype.emit;
+  net.Server.prototype.emit = function pm2rsEmit(event, req, res) {
     if (event === 'request' && res) {
       if (draining) {
         res.setHeader('Connection', 'close');
