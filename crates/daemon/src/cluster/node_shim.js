@@ -132,30 +132,20 @@
     return asPrimary(() => (cb ? listen.call(this, opts, cb) : listen.call(this, opts)));
   };
 
-  // Responses not sent yet, so a drain can still mark them `Connection: close`. Patched on
-  // net.Server, which http.Server and https.Server (through tls.Server) both inherit.
-  const open = new Set();
-  const emit = net.Server.prototype.emit;
-  net.Server.prototype.emit = function pm2rsEmit(event, req, res) {
-    if (event === 'request' && res) {
-      if (draining) {
-        res.setHeader('Connection', 'close');
-      } else {
-        open.add(res);
-        res.once('finish', () => open.delete(res));
-        res.once('close', () => open.delete(res));
-      }
-    }
-    return emit.apply(this, arguments);
+  // While draining, every response still to be started says `Connection: close`, so keep-alive
+  // clients reconnect (to a new instance) instead of hitting a closed connection. writeHead is
+  // where a response's headers are fixed (res.end() without it goes through it too); the
+  // class is shared by http and https.
+  const { ServerResponse } = require('http');
+  const writeHead = ServerResponse.prototype.writeHead;
+  ServerResponse.prototype.writeHead = function pm2rsWriteHead(...args) {
+    if (draining && !this.headersSent) this.setHeader('Connection', 'close');
+    return writeHead.apply(this, args);
   };
 
   function drain(signal) {
     if (draining) return;
     draining = true;
-    for (const res of open) {
-      if (!res.headersSent) res.setHeader('Connection', 'close');
-    }
-    open.clear();
     let left = servers.size;
     const done = () => {
       process.removeListener(signal, onSignal);
