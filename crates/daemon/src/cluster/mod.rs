@@ -54,7 +54,7 @@ pub fn is_node(spec: &AppSpec) -> bool {
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
-        name == "node" || name == "nodejs" || name.starts_with("node-") || name == "bun"
+        name == "node" || name == "nodejs"
     })
 }
 
