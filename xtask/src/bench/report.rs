@@ -354,11 +354,7 @@ impl Report {
         let kinds = self.kinds();
         let compare = kinds.contains(&Kind::Pm2);
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "- date: {} (UTC)",
-            utc_date_time(self.finished_at_unix)
-        );
+        let _ = writeln!(out, "- date: {}", utc_date_time(self.finished_at_unix));
         let _ = writeln!(out, "- command: `{}`", self.command);
         let _ = writeln!(
             out,
