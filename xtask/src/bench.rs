@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--compare pm2] [--quick] [--rounds N] [--bin PATH]`: measures the real
+//! `cargo xtask bench [--compare pm2] [--quick] [--rounds N] [--suite NAME] [--bin PATH]`: measures the real
 //! release binary against the "what fast means" targets of the design notes and, with `--compare
 //! pm2`, side by side with PM2 in the same run.
 //!
@@ -21,6 +21,7 @@
 //!   the npm install of PM2.
 //! - `report`: figures, their pooling over rounds and managers, the Markdown table, the JSON.
 //! - `core_suite`: the core suite (daemon footprint, start, list, crash, restart, idle CPU).
+//! - `logs`: the log-capture suite (a 1,000,000-line flood against a file and `| cat`; pm2rs only).
 //! - This file: options, the list of suites, the rounds.
 //!
 //! # Adding a suite
@@ -44,14 +45,17 @@
 
 mod core_suite;
 mod harness;
+mod logs;
 mod manager;
 mod report;
+
+pub use logs::flood_writer;
 
 use std::env;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 
@@ -71,6 +75,8 @@ pub struct Options {
     pub compare_pm2: bool,
     /// Runs of each suite per manager; default 3, or 1 with `--quick`.
     pub rounds: Option<usize>,
+    /// Run only the suite of this name (`core`, `logs`).
+    pub suite: Option<String>,
 }
 
 impl Options {
@@ -81,6 +87,13 @@ impl Options {
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => options.quick = true,
+                "--suite" => {
+                    let name = args.next().ok_or("--suite needs a name")?;
+                    if !SUITES.iter().any(|s| s.name == name) {
+                        return Err(format!("unknown suite `{name}`"));
+                    }
+                    options.suite = Some(name.clone());
+                }
                 "--bin" => {
                     let path = args.next().ok_or("--bin needs a path")?;
                     options.bin = Some(PathBuf::from(path));
@@ -127,6 +140,9 @@ impl Options {
         if let Some(n) = self.rounds {
             command.push_str(&format!(" --rounds {n}"));
         }
+        if let Some(suite) = &self.suite {
+            command.push_str(&format!(" --suite {suite}"));
+        }
         if let Some(bin) = &self.bin {
             command.push_str(&format!(" --bin {}", bin.display()));
         }
@@ -149,7 +165,20 @@ pub struct Suite {
 }
 
 /// Every suite, in the order they run.
-const SUITES: &[Suite] = &[core_suite::SUITE];
+const SUITES: &[Suite] = &[
+    core_suite::SUITE,
+    Suite {
+        name: "logs",
+        compare: false,
+        scenarios: &[Scenario {
+            name: "log flood",
+            run: logs::flood,
+        }],
+    },
+];
+
+/// How long any "wait until the daemon shows X" may take before the scenario fails.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs the bench, prints the table, writes the JSON; returns the process exit status.
 pub fn main(options: &Options) -> ExitCode {
@@ -174,10 +203,7 @@ fn run(options: &Options) -> Result<Report> {
     let target = target_dir(&root);
     let bin = match &options.bin {
         Some(bin) => env::current_dir()?.join(bin),
-        None => {
-            build(&root)?;
-            target.join("release").join("pm2rs")
-        }
+        None => build(&root)?,
     };
     ensure!(bin.is_file(), "{} does not exist", bin.display());
 
@@ -187,7 +213,10 @@ fn run(options: &Options) -> Result<Report> {
     }
     let rounds = options.rounds();
     let mut report = Report::new(options.command(), options.quick, rounds, &managers);
-    for suite in SUITES {
+    let chosen = SUITES
+        .iter()
+        .filter(|s| options.suite.as_ref().is_none_or(|only| only == s.name));
+    for suite in chosen {
         let mut taking_part: Vec<&Manager> = managers
             .iter()
             .filter(|m| suite.compare || m.kind == Kind::Pm2rs)
@@ -291,19 +320,35 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
-/// `cargo build --release -p pm2rs`, output shown as it happens.
-fn build(root: &Path) -> Result<()> {
+/// `cargo build --release -p pm2rs`, diagnostics shown as they happen; returns the path of the
+/// built executable as cargo reports it (the directory depends on the configured target).
+fn build(root: &Path) -> Result<PathBuf> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     eprintln!("bench: cargo build --release -p pm2rs");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "pm2rs"])
+    let output = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "pm2rs",
+            "--message-format=json-render-diagnostics",
+        ])
         .current_dir(root)
-        .status()
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
-    if !status.success() {
-        bail!("`cargo build --release -p pm2rs` failed ({status})");
+    if !output.status.success() {
+        bail!(
+            "`cargo build --release -p pm2rs` failed ({})",
+            output.status
+        );
     }
-    Ok(())
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "pm2rs")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no `pm2rs` executable")
 }
 
 #[cfg(test)]

@@ -22,13 +22,14 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  bench [--compare pm2] [--quick] [--rounds N] [--bin PATH]
+  bench [--compare pm2] [--quick] [--rounds N] [--suite NAME] [--bin PATH]
                     build the release binary and measure it against the performance targets;
                     --compare pm2 also measures PM2 (npm install into target/bench/pm2, reused),
                       alternating with pm2rs round by round;
                     --quick: fewer repetitions, 1 round, a 5 s idle-CPU window instead of 60 s;
                     --rounds N runs each suite N times per manager (default 3; 1 with --quick);
-                    --bin benches PATH instead of building target/release/pm2rs
+                    --suite runs one suite only (core, logs);
+                    --bin benches PATH instead of building the release pm2rs;
                     writes target/bench/results.md and target/bench/results.json
   ci                cargo fmt --check, clippy -D warnings, and cargo test --workspace (what CI runs)
   help              show this text
@@ -50,6 +51,14 @@ fn main() -> ExitCode {
             }
         },
         "ci" if rest.is_empty() => ci(),
+        // The app of the log bench (hidden: the bench runs it, not people).
+        "flood-writer" => match bench::flood_writer(rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flood-writer: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -111,12 +111,29 @@ impl Client {
         self.send(Method::POST, path, Bytes::from(bytes)).await
     }
 
-    async fn send<R: DeserializeOwned>(
+    /// GET `path` and return the body as it arrives (for streams such as the log stream).
+    pub async fn stream(&mut self, path: &str) -> anyhow::Result<hyper::body::Incoming> {
+        let resp = self.request(Method::GET, path, Bytes::new()).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.into_body().collect().await?.to_bytes();
+            if let Ok(err) = serde_json::from_slice::<ApiError>(&body) {
+                return Err(DaemonError(err).into());
+            }
+            bail!(
+                "the daemon answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(resp.into_body())
+    }
+
+    async fn request(
         &mut self,
         method: Method,
         path: &str,
         body: Bytes,
-    ) -> anyhow::Result<R> {
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -124,10 +141,19 @@ impl Client {
             .header("content-type", "application/json")
             .header(VERSION_HEADER, VERSION)
             .body(Full::new(body))?;
-        let resp = self.sender.send_request(req).await.with_context(|| {
+        self.sender.send_request(req).await.with_context(|| {
             "the daemon closed the connection (it refuses clients running as another user; \
                  see its log pm2rs.log)"
-        })?;
+        })
+    }
+
+    async fn send<R: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<R> {
+        let resp = self.request(method, path, body).await?;
         let status = resp.status();
         let daemon_version = resp
             .headers()

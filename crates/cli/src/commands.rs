@@ -77,6 +77,9 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Kill => kill(&home).await,
+        Cmd::Logs(args) => crate::logs::logs(&home, args).await,
+        Cmd::Flush { target } => crate::logs::flush(&home, target).await,
+        Cmd::ReloadLogs => crate::logs::reload(&home).await,
         Cmd::Daemon { .. } => unreachable_daemon(),
     }
 }

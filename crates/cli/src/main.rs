@@ -6,9 +6,11 @@
 //! - [`client`]: HTTP over the Unix socket, starting the daemon on first use, version check.
 //! - [`commands`]: one function per command: build the request, print the reply.
 //! - [`render`]: tables and describe output for humans (pure functions).
+//! - [`logs`]: `logs` (tail of the files, then the daemon's live stream), `flush`, `reload-logs`.
 
 mod client;
 mod commands;
+mod logs;
 mod render;
 
 use std::process::ExitCode;
@@ -53,6 +55,17 @@ pub enum Cmd {
     /// Show everything about the matching instances.
     #[command(alias = "desc", alias = "show", alias = "info")]
     Describe(TargetArgs),
+    /// Print the last lines of the matching apps' logs, then follow new lines.
+    #[command(alias = "log")]
+    Logs(LogsArgs),
+    /// Empty the log files of the matching apps (default: all) and remove their rotated files.
+    Flush {
+        /// App name, id, namespace, or `all`.
+        #[arg(default_value = "all")]
+        target: String,
+    },
+    /// Reopen every log file (after an external logrotate moved them); SIGUSR2 does the same.
+    ReloadLogs,
     /// Check that the daemon answers (starting it if needed).
     Ping,
     /// Stop every app, then the daemon.
@@ -102,6 +115,34 @@ pub struct TargetArgs {
     pub out: OutputArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// App name, id, namespace, or `all`.
+    #[arg(default_value = "all")]
+    pub target: String,
+    /// How many of the last lines of each file to print first.
+    #[arg(long, default_value_t = 15)]
+    pub lines: usize,
+    /// Only stdout.
+    #[arg(long)]
+    pub out: bool,
+    /// Only stderr.
+    #[arg(long)]
+    pub err: bool,
+    /// Print lines without the `id|name|` prefix (and without colour).
+    #[arg(long)]
+    pub raw: bool,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Prefix each line with the time it is printed.
+    #[arg(long)]
+    pub timestamp: bool,
+    /// Print the last lines and exit instead of following.
+    #[arg(long)]
+    pub nostream: bool,
+}
+
 #[derive(Debug, Args, Clone, Copy)]
 pub struct OutputArgs {
     /// Print JSON instead of a table.
@@ -128,7 +169,15 @@ fn main() -> ExitCode {
             Ok(h) => h,
             Err(e) => return fail(&e),
         };
-        return match pm2rs_daemon::run_daemon(pm2rs_daemon::DaemonOptions { home, detached }) {
+        let log_defaults = match pm2rs_config::log_defaults(|k| std::env::var(k).ok()) {
+            Ok(d) => d,
+            Err(e) => return fail(&UsageError(e).into()),
+        };
+        return match pm2rs_daemon::run_daemon(pm2rs_daemon::DaemonOptions {
+            home,
+            detached,
+            log_defaults,
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         };

@@ -44,6 +44,7 @@ const MIN_NAME_WIDTH: usize = 4;
 /// Hand-written SGR codes for the lines that are not table cells.
 const RED_BOLD: &str = "\x1b[1;31m";
 const RESET: &str = "\x1b[0m";
+const CYAN_BOLD: &str = "\x1b[1;36m";
 
 /// Columns of the process table, in display order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,25 +135,18 @@ pub fn process_table(procs: &[ProcessInfo], style: &Style, now_us: u64) -> Strin
     if procs.is_empty() {
         return "No apps. Start one with `pm2rs start <ecosystem.toml|script>`.".to_string();
     }
-    let rows: Vec<(Status, Vec<String>)> = procs
-        .iter()
-        .map(|p| {
-            (
-                p.status,
-                ALL_COLS.iter().map(|c| c.cell(p, now_us)).collect(),
-            )
-        })
-        .collect();
+    let rows: Vec<Row> = procs.iter().map(|p| Row::new(p, now_us)).collect();
 
     let mut cols: Vec<Col> = ALL_COLS.to_vec();
     let mut name_max: Option<usize> = None;
     let mut out = match style.width {
-        None => list_table(&rows, &cols, None, style.color, None).to_string(),
+        None => draw_list(&rows, &cols, None, style.color),
         Some(width) => {
             let width = usize::from(width);
-            let fits = |cols: &[Col], name_max: Option<usize>| {
-                max_line_width(&list_table(&rows, cols, name_max, false, None).to_string()) <= width
-            };
+            // Widths are computed, not measured on trial renders: one render of 100 rows costs
+            // about as much as the rest of `pm2rs list` (see `table_width`).
+            let fits =
+                |cols: &[Col], name_max: Option<usize>| table_width(&rows, cols, name_max) <= width;
             for drop in DROP_ORDER {
                 if fits(&cols, None) {
                     break;
@@ -161,21 +155,18 @@ pub fn process_table(procs: &[ProcessInfo], style: &Style, now_us: u64) -> Strin
             }
             let mut fallback = None;
             if !fits(&cols, None) {
-                let plain = list_table(&rows, &cols, None, false, None).to_string();
-                let excess = max_line_width(&plain) - width;
-                let name_width = rows
-                    .iter()
-                    .map(|(_, cells)| cells[1].width())
-                    .chain([Col::Name.header().width()])
-                    .max()
-                    .unwrap_or(0);
+                let excess = table_width(&rows, &cols, None) - width;
+                let name_width = column_width(&rows, Col::Name, None);
                 name_max = Some(name_width.saturating_sub(excess).max(MIN_NAME_WIDTH));
                 if !fits(&cols, name_max) {
                     // A very narrow terminal: let comfy-table wrap cells as a last resort.
                     fallback = u16::try_from(width).ok();
                 }
             }
-            list_table(&rows, &cols, name_max, style.color, fallback).to_string()
+            match fallback {
+                None => draw_list(&rows, &cols, name_max, style.color),
+                Some(_) => list_table(&rows, &cols, name_max, style.color, fallback).to_string(),
+            }
         }
     };
 
@@ -212,10 +203,144 @@ pub fn process_table(procs: &[ProcessInfo], style: &Style, now_us: u64) -> Strin
     out
 }
 
+/// One instance's cells, in `ALL_COLS` order, with their display widths measured once.
+struct Row {
+    status: Status,
+    cells: Vec<String>,
+    widths: Vec<usize>,
+}
+
+impl Row {
+    fn new(p: &ProcessInfo, now_us: u64) -> Row {
+        let cells: Vec<String> = ALL_COLS.iter().map(|c| c.cell(p, now_us)).collect();
+        let widths = cells.iter().map(|c| c.width()).collect();
+        Row {
+            status: p.status,
+            cells,
+            widths,
+        }
+    }
+
+    /// Width of cell `idx` as drawn: names longer than `name_max` are truncated.
+    fn width(&self, idx: usize, name_max: Option<usize>) -> usize {
+        match name_max {
+            Some(max) if idx == col_index(Col::Name) && self.widths[idx] > max => {
+                truncate(&self.cells[idx], name_max).width()
+            }
+            _ => self.widths[idx],
+        }
+    }
+}
+
+/// Display width of one column of the list table: its widest cell or its header.
+fn column_width(rows: &[Row], col: Col, name_max: Option<usize>) -> usize {
+    let idx = col_index(col);
+    rows.iter()
+        .map(|row| row.width(idx, name_max))
+        .chain([col.header().width()])
+        .max()
+        .unwrap_or(0)
+}
+
+/// Width of the widest line `list_table(rows, cols, name_max, _, None)` renders: each column is
+/// its content plus one space of padding on each side and one border, plus the closing border.
+fn table_width(rows: &[Row], cols: &[Col], name_max: Option<usize>) -> usize {
+    1 + cols
+        .iter()
+        .map(|&c| column_width(rows, c, name_max) + 3)
+        .sum::<usize>()
+}
+
+fn col_index(col: Col) -> usize {
+    ALL_COLS.iter().position(|x| *x == col).unwrap_or(0)
+}
+
+/// Draws the list table with the given columns: the same text as `list_table(.., None)` renders
+/// (a test holds them equal), written straight into one string. comfy-table builds a cell object,
+/// a line vector and several strings per cell; for a 100-instance list that was about a third of
+/// the whole `pm2rs list` run, so the common case is drawn here and comfy-table is kept for the
+/// narrow-terminal case where cells have to wrap.
+fn draw_list(rows: &[Row], cols: &[Col], name_max: Option<usize>, color: bool) -> String {
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|&c| column_width(rows, c, name_max))
+        .collect();
+    let line_len = 4 * table_width(rows, cols, name_max) + 16 * cols.len();
+    let mut out = String::with_capacity(line_len * (rows.len() + 4));
+    let rule = |out: &mut String, [left, mid, right]: [char; 3]| {
+        out.push(left);
+        for (i, w) in widths.iter().enumerate() {
+            if i > 0 {
+                out.push(mid);
+            }
+            out.extend(std::iter::repeat_n('─', w + 2));
+        }
+        out.push(right);
+        out.push('\n');
+    };
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = (&str, usize, Option<&str>)>| {
+        out.push('│');
+        for ((text, text_width, sgr), w) in cells.zip(&widths) {
+            out.push(' ');
+            match sgr {
+                Some(sgr) => {
+                    out.push_str(sgr);
+                    out.push_str(text);
+                    out.push_str(RESET);
+                }
+                None => out.push_str(text),
+            }
+            out.extend(std::iter::repeat_n(' ', w - text_width + 1));
+            out.push('│');
+        }
+        out.push('\n');
+    };
+    rule(&mut out, ['┌', '┬', '┐']);
+    let header_sgr = color.then_some(CYAN_BOLD);
+    line(
+        &mut out,
+        &mut cols
+            .iter()
+            .map(|c| (c.header(), c.header().width(), header_sgr)),
+    );
+    rule(&mut out, ['├', '┼', '┤']);
+    for row in rows {
+        let name = truncate(&row.cells[col_index(Col::Name)], name_max);
+        line(
+            &mut out,
+            &mut cols.iter().map(|&c| {
+                let idx = col_index(c);
+                match c {
+                    Col::Name => (name.as_ref(), row.width(idx, name_max), None),
+                    Col::Status => (
+                        row.status.as_str(),
+                        row.widths[idx],
+                        color.then(|| status_sgr(row.status)),
+                    ),
+                    _ => (row.cells[idx].as_str(), row.widths[idx], None),
+                }
+            }),
+        );
+    }
+    rule(&mut out, ['└', '┴', '┘']);
+    out.pop();
+    out
+}
+
+/// SGR colour of a status word, the same colours as `status_cell`.
+fn status_sgr(status: Status) -> &'static str {
+    match status {
+        Status::Online => "\x1b[32m",
+        Status::Launching | Status::Stopping | Status::WaitingRestart => "\x1b[33m",
+        Status::Errored => RED_BOLD,
+        Status::Stopped => "\x1b[90m",
+    }
+}
+
 /// Builds the list table with the given columns; `name_max` truncates names, `dynamic` lets
 /// comfy-table wrap cells to that width.
 fn list_table(
-    rows: &[(Status, Vec<String>)],
+    rows: &[Row],
     cols: &[Col],
     name_max: Option<usize>,
     color: bool,
@@ -230,18 +355,37 @@ fn list_table(
             cell
         }
     }));
-    for (status, cells) in rows {
+    for row in rows {
         table.add_row(cols.iter().map(|c| {
-            let idx = ALL_COLS.iter().position(|x| x == c).unwrap_or(0);
-            let text = &cells[idx];
+            let text = &row.cells[col_index(*c)];
             match c {
-                Col::Name => Cell::new(truncate(text, name_max)),
-                Col::Status => status_cell(*status, color),
+                Col::Name => Cell::new(truncate(text, name_max).into_owned()),
+                Col::Status => status_cell(row.status, color),
                 _ => Cell::new(text),
             }
         }));
     }
     table
+}
+
+/// `rotate at 10M, keep 5, gzip`; the daemon's defaults where the app sets nothing.
+fn log_rotation(l: &pm2rs_proto::LogSpec) -> String {
+    let size = match l.max_size {
+        Some(0) => return "off".to_string(),
+        Some(b) if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        Some(b) if b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        Some(b) => format!("{b} bytes"),
+        None => "daemon default size".to_string(),
+    };
+    let keep = l
+        .retain
+        .map_or_else(|| "default count".to_string(), |n| n.to_string());
+    let gzip = match l.compress {
+        Some(true) => ", gzip",
+        Some(false) => "",
+        None => ", gzip per daemon default",
+    };
+    format!("at {size}, keep {keep}{gzip}")
 }
 
 fn new_table(color: bool, dynamic: Option<u16>) -> Table {
@@ -357,6 +501,19 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
         ("kill_timeout", format_duration(s.kill_timeout_ms)),
         ("out log path", path(&d.out_log)),
         ("error log path", path(&d.err_log)),
+        (
+            "combined log path",
+            d.combined_log.as_deref().map_or_else(dash, path),
+        ),
+        ("log rotation", log_rotation(&s.logs)),
+        (
+            "log problems",
+            if d.log_problems.is_empty() {
+                "none".to_string()
+            } else {
+                clean(&d.log_problems.join("; ")).into_owned()
+            },
+        ),
         ("source file", s.source.as_deref().map_or_else(dash, path)),
     ];
 
@@ -515,12 +672,12 @@ fn clean(s: &str) -> Cow<'_, str> {
 }
 
 /// Truncates to `max` display columns, ending with `…` when something was cut.
-fn truncate(s: &str, max: Option<usize>) -> String {
+fn truncate(s: &str, max: Option<usize>) -> Cow<'_, str> {
     let Some(max) = max else {
-        return s.to_string();
+        return Cow::Borrowed(s);
     };
     if s.width() <= max {
-        return s.to_string();
+        return Cow::Borrowed(s);
     }
     let mut out = String::new();
     let mut used = 0;
@@ -533,7 +690,7 @@ fn truncate(s: &str, max: Option<usize>) -> String {
         used += w;
     }
     out.push('…');
-    out
+    Cow::Owned(out)
 }
 
 /// Word-wraps `text` to `width` display columns. The first line starts with `first`, continuation
@@ -580,10 +737,6 @@ fn wrap(text: &str, width: Option<usize>, first: &str, indent: &str) -> Vec<Stri
     lines
 }
 
-fn max_line_width(text: &str) -> usize {
-    text.lines().map(UnicodeWidthStr::width).max().unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -591,6 +744,10 @@ mod tests {
     use pm2rs_proto::{AppSpec, ExecMode};
 
     use super::*;
+
+    fn max_line_width(text: &str) -> usize {
+        text.lines().map(UnicodeWidthStr::width).max().unwrap_or(0)
+    }
 
     const NOW_US: u64 = 1_700_000_000_000_000;
 
@@ -663,6 +820,10 @@ mod tests {
             kill_signal: "SIGINT".into(),
             kill_timeout_ms: 1600,
             source: Some("/srv/app/ecosystem.toml".into()),
+            logs: pm2rs_proto::LogSpec {
+                max_size: Some(1 << 20),
+                ..pm2rs_proto::LogSpec::unset()
+            },
         }
     }
 
@@ -674,6 +835,8 @@ mod tests {
             spec: spec(),
             out_log: "/home/deploy/.pm2rs/logs/api-out-3.log".into(),
             err_log: "/home/deploy/.pm2rs/logs/api-error-3.log".into(),
+            combined_log: None,
+            log_problems: vec!["/var/log/api.log: No space left on device (os error 28)".into()],
         }
     }
 
@@ -913,7 +1076,11 @@ mod tests {
             "{online:?}"
         );
         let errored = process_table(&[proc_info(0, "a", Status::Errored)], &style, NOW_US);
-        assert!(errored.contains("\x1b[1m"), "bold: {errored:?}");
+        let status_line = errored.lines().nth(3).unwrap_or_default();
+        assert!(
+            status_line.contains(&format!("{RED_BOLD}errored{RESET}")),
+            "bold red: {errored:?}"
+        );
     }
 
     #[test]
@@ -1026,6 +1193,8 @@ mod tests {
             "/srv/app/ecosystem.toml",
             "api-out-3.log",
             "api-error-3.log",
+            "at 1M, keep default count, gzip per daemon default",
+            "No space left on device",
             "1.6s",
             "500ms",
             "100ms",
@@ -1088,6 +1257,34 @@ mod tests {
         let out = describe(&d, &PLAIN80, NOW_US);
         assert!(out.contains("(none)"), "{out}");
         assert!(out.contains("off"), "{out}");
+    }
+
+    #[test]
+    fn computed_table_width_matches_the_rendered_table() {
+        let mut procs = twenty();
+        procs[3].name = "日本語の名前-worker".to_string();
+        procs[4].user = None;
+        let rows: Vec<Row> = procs.iter().map(|p| Row::new(p, NOW_US)).collect();
+        let mut cols = ALL_COLS.to_vec();
+        for drop in [None].into_iter().chain(DROP_ORDER.map(Some)) {
+            cols.retain(|c| Some(*c) != drop);
+            for name_max in [None, Some(4), Some(7), Some(12), Some(100)] {
+                for color in [false, true] {
+                    let text = list_table(&rows, &cols, name_max, color, None).to_string();
+                    assert_eq!(
+                        table_width(&rows, &cols, name_max),
+                        max_line_width(&strip_ansi(&text)),
+                        "{cols:?} {name_max:?}\n{text}"
+                    );
+                    let drawn = draw_list(&rows, &cols, name_max, color);
+                    if color {
+                        assert_eq!(strip_ansi(&drawn), strip_ansi(&text));
+                    } else {
+                        assert_eq!(drawn, text);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

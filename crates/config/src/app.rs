@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
-use pm2rs_proto::{AppSpec, ExecMode};
+use pm2rs_proto::{AppSpec, ExecMode, LogSpec};
 
 use crate::error::{Diag, Loc};
 use crate::keys::{self, ENV_PROFILE_PREFIX, Field, Kind};
@@ -20,8 +20,8 @@ use crate::resolve::{absolute, find_in_path, is_bare, is_executable};
 use crate::shell::split_words;
 use crate::tree::{Entry, Format, Node, Value};
 use crate::units::{
-    MAX_BACKOFF_MS, MAX_DURATION_MS, MAX_MAX_RESTARTS, instances_from_int, parse_duration_ms,
-    parse_instances,
+    MAX_BACKOFF_MS, MAX_DURATION_MS, MAX_LOG_RETAIN, MAX_MAX_RESTARTS, MIN_LOG_MAX_SIZE,
+    instances_from_int, parse_duration_ms, parse_instances, parse_size_bytes,
 };
 
 /// PM2's defaults.
@@ -217,6 +217,23 @@ struct Draft<'n> {
     kill_signal: Option<KillSignal>,
     kill_timeout_ms: Option<u64>,
     namespace: Option<Ident>,
+    logs: LogDraft<'n>,
+}
+
+/// The log keys of a [`Draft`].
+#[derive(Debug, Default)]
+struct LogDraft<'n> {
+    out_file: Option<At<'n, String>>,
+    error_file: Option<At<'n, String>>,
+    log_file: Option<At<'n, String>>,
+    merge_logs: Option<bool>,
+    time: Option<bool>,
+    log_date_format: Option<String>,
+    log_json: Option<bool>,
+    log_max_size: Option<u64>,
+    log_retain: Option<u32>,
+    log_compress: Option<bool>,
+    disable_logs: Option<bool>,
 }
 
 /// Reads typed values out of nodes, reporting type and range errors.
@@ -479,6 +496,62 @@ impl Reader<'_> {
         parsed.map_err(|e| self.diag.error(&node.loc, path, e)).ok()
     }
 
+    /// `log_max_size`: `"10M"` or bytes; 0 (no rotation) or at least [`MIN_LOG_MAX_SIZE`].
+    fn log_size(&mut self, node: &Node, path: &str, key: &str) -> Option<u64> {
+        let bytes = match &node.value {
+            Value::Str(s) => parse_size_bytes(s),
+            value => match value.as_whole_int() {
+                Some(n) if n < 0 => Err(format!("`{key}` must not be negative (got {n})")),
+                Some(n) => Ok(n.unsigned_abs()),
+                None => {
+                    self.type_error(node, path, "a size like \"10M\" or a number of bytes");
+                    return None;
+                }
+            },
+        };
+        match bytes {
+            Ok(b) if b == 0 || b >= MIN_LOG_MAX_SIZE => Some(b),
+            Ok(b) => {
+                self.diag.error(
+                    &node.loc,
+                    path,
+                    format!(
+                        "`{key}` must be 0 (never rotate) or at least {}K (got {b} bytes)",
+                        MIN_LOG_MAX_SIZE / 1024
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.diag.error(&node.loc, path, e);
+                None
+            }
+        }
+    }
+
+    /// `log_type`: `"json"` (true) or `"raw"` (false).
+    fn log_type(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match self.string(node, path)? {
+            "json" => Some(true),
+            "raw" => Some(false),
+            other => {
+                self.diag.error(
+                    &node.loc,
+                    path,
+                    format!("invalid log_type `{other}`: expected \"json\" or \"raw\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn date_format(&mut self, node: &Node, path: &str) -> Option<String> {
+        let s = self.string(node, path)?;
+        crate::datefmt::date_format(s)
+            .map_err(|e| self.diag.error(&node.loc, path, e))
+            .ok()
+    }
+
     fn interpreter(&mut self, node: &Node, path: &str) -> Option<Interpreter> {
         match self.string(node, path)? {
             "" => {
@@ -569,6 +642,27 @@ impl<'n> Draft<'n> {
                 Field::StopExitCodes => d.stop_exit_codes = r.exit_codes(node, p),
                 Field::KillSignal => d.kill_signal = r.signal(node, p),
                 Field::KillTimeout => d.kill_timeout_ms = r.duration(node, p, key, MAX_DURATION_MS),
+                Field::OutFile => {
+                    d.logs.out_file = r.non_empty(node, p, key).map(|s| (s.into(), node))
+                }
+                Field::ErrorFile => {
+                    d.logs.error_file = r.non_empty(node, p, key).map(|s| (s.into(), node));
+                }
+                Field::LogFile => {
+                    d.logs.log_file = r.non_empty(node, p, key).map(|s| (s.into(), node))
+                }
+                Field::MergeLogs => d.logs.merge_logs = r.bool(node, p),
+                Field::Time => d.logs.time = r.bool(node, p),
+                Field::LogDateFormat => d.logs.log_date_format = r.date_format(node, p),
+                Field::LogType => d.logs.log_json = r.log_type(node, p),
+                Field::LogMaxSize => d.logs.log_max_size = r.log_size(node, p, key),
+                Field::LogRetain => {
+                    d.logs.log_retain = r
+                        .count(node, p, key, MAX_LOG_RETAIN)
+                        .and_then(|n| u32::try_from(n).ok());
+                }
+                Field::LogCompress => d.logs.log_compress = r.bool(node, p),
+                Field::DisableLogs => d.logs.disable_logs = r.bool(node, p),
             }
         }
         for (profile, entry) in &keys.profiles {
@@ -674,6 +768,8 @@ impl<'n> Draft<'n> {
                 .ok()
         });
 
+        let logs = self.logs.resolve(path, cwd.as_deref(), ctx, diag);
+
         let spec = AppSpec {
             name: name?.into_string(),
             namespace: self
@@ -700,10 +796,59 @@ impl<'n> Draft<'n> {
                 .to_string(),
             kill_timeout_ms: self.kill_timeout_ms.unwrap_or(defaults::KILL_TIMEOUT_MS),
             source: ctx.source.map(Path::to_path_buf),
+            logs: logs?,
         };
         Some(CheckedApp { spec, name_loc })
     }
 }
+
+impl LogDraft<'_> {
+    /// The log settings: file paths made absolute against the app's cwd (a directory is refused),
+    /// `disable_logs` turning both outputs into `/dev/null`.
+    fn resolve(
+        self,
+        path: &str,
+        cwd: Option<&Path>,
+        ctx: &Ctx<'_>,
+        diag: &mut Diag,
+    ) -> Option<LogSpec> {
+        let before = diag.count();
+        let mut file = |written: &Option<At<'_, String>>, key: &str| -> Option<PathBuf> {
+            let (text, node) = written.as_ref()?;
+            let abs = absolute(cwd.unwrap_or(ctx.base_dir), Path::new(text));
+            if ctx.check_files && abs.is_dir() {
+                diag.error(
+                    &node.loc,
+                    &join(path, key),
+                    format!("`{key}` `{}` is a directory; name a file", abs.display()),
+                );
+            }
+            Some(abs)
+        };
+        let mut out_file = file(&self.out_file, "out_file");
+        let mut error_file = file(&self.error_file, "error_file");
+        let log_file = file(&self.log_file, "log_file");
+        if self.disable_logs == Some(true) {
+            out_file = Some(PathBuf::from(DEV_NULL));
+            error_file = Some(PathBuf::from(DEV_NULL));
+        }
+        (diag.count() == before).then(|| LogSpec {
+            out_file,
+            error_file,
+            log_file,
+            merge_logs: self.merge_logs.unwrap_or(false),
+            time: self.time.unwrap_or(false) || self.log_date_format.is_some(),
+            date_format: self.log_date_format,
+            json: self.log_json.unwrap_or(false),
+            max_size: self.log_max_size,
+            retain: self.log_retain,
+            compress: self.log_compress,
+        })
+    }
+}
+
+/// Where `disable_logs = true` sends output.
+const DEV_NULL: &str = "/dev/null";
 
 /// The interpreter [`DEFAULT_INTERPRETERS`] picks for `script`'s extension.
 pub(crate) fn default_interpreter(script: &str) -> Option<&'static str> {

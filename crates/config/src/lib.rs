@@ -18,6 +18,7 @@
 //!   defaults, path resolution.
 //! - `keys`: the one table of app keys: implemented, PM2 aliases, not supported yet (and which
 //!   values of those are harmless); "did you mean" suggestions.
+//! - `datefmt`: `log_date_format` (strftime, or PM2's moment.js style translated).
 //! - `names`: app names / namespaces and kill signals as validated types.
 //! - `units`: durations, sizes, instance counts, and the limits on absurd values.
 //! - `shell`: shell-like splitting of `args` strings.
@@ -30,6 +31,7 @@
 //! app's cwd). [`AppSpec::script`] is always absolute.
 
 mod app;
+mod datefmt;
 mod ecosystem;
 mod error;
 mod json;
@@ -48,10 +50,10 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors};
 pub use names::MAX_NAME_LEN;
-pub use pm2rs_proto::AppSpec;
+pub use pm2rs_proto::{AppSpec, LogDefaults};
 pub use units::{
-    MAX_BACKOFF_MS, MAX_DURATION_MS, MAX_INSTANCES, MAX_MAX_RESTARTS, parse_duration_ms,
-    parse_instances, parse_size_bytes,
+    LOG_LINE_RANGE, MAX_BACKOFF_MS, MAX_DURATION_MS, MAX_INSTANCES, MAX_LOG_RETAIN,
+    MAX_MAX_RESTARTS, MIN_LOG_MAX_SIZE, parse_duration_ms, parse_instances, parse_size_bytes,
 };
 
 /// How to load an ecosystem file.
@@ -113,4 +115,67 @@ pub(crate) fn effective_cpus(cpus: u32) -> u32 {
     }
     std::thread::available_parallelism()
         .map_or(1, |n| u32::try_from(n.get()).unwrap_or(MAX_INSTANCES))
+}
+
+/// The daemon-wide log settings and the environment variables that set them.
+pub mod log_env {
+    /// Rotation size of apps that set no `log_max_size`, and of the daemon's own log.
+    pub const MAX_SIZE: &str = "PM2RS_LOG_MAX_SIZE";
+    /// Rotated files kept when an app sets no `log_retain`.
+    pub const RETAIN: &str = "PM2RS_LOG_RETAIN";
+    /// Gzip rotated files when an app sets no `log_compress` (`true`/`false`).
+    pub const COMPRESS: &str = "PM2RS_LOG_COMPRESS";
+    /// Longest line kept whole; longer lines are split (never dropped).
+    pub const MAX_LINE: &str = "PM2RS_LOG_MAX_LINE";
+}
+
+/// Reads the daemon-wide log settings from `var` (the daemon's environment): unset variables
+/// take the defaults (10M, 5 files, no gzip, 1M lines). The error names the variable.
+pub fn log_defaults(var: impl Fn(&str) -> Option<String>) -> Result<LogDefaults, String> {
+    let mut d = LogDefaults {
+        max_size: 10 << 20,
+        retain: 5,
+        compress: false,
+        max_line: 1 << 20,
+    };
+    let bad = |name: &str, value: &str, why: String| format!("{name}={value:?}: {why}");
+    if let Some(v) = var(log_env::MAX_SIZE) {
+        let n = parse_size_bytes(&v).map_err(|e| bad(log_env::MAX_SIZE, &v, e))?;
+        if n != 0 && n < MIN_LOG_MAX_SIZE {
+            let why = format!("must be 0 (never rotate) or at least {MIN_LOG_MAX_SIZE} bytes");
+            return Err(bad(log_env::MAX_SIZE, &v, why));
+        }
+        d.max_size = n;
+    }
+    if let Some(v) = var(log_env::RETAIN) {
+        d.retain = v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| u64::from(*n) <= MAX_LOG_RETAIN)
+            .ok_or_else(|| {
+                bad(
+                    log_env::RETAIN,
+                    &v,
+                    format!("expected a whole number from 0 to {MAX_LOG_RETAIN}"),
+                )
+            })?;
+    }
+    if let Some(v) = var(log_env::COMPRESS) {
+        d.compress = match v.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return Err(bad(log_env::COMPRESS, &v, "expected true or false".into())),
+        };
+    }
+    if let Some(v) = var(log_env::MAX_LINE) {
+        let n = parse_size_bytes(&v).map_err(|e| bad(log_env::MAX_LINE, &v, e))?;
+        let (lo, hi) = LOG_LINE_RANGE;
+        if !(lo..=hi).contains(&n) {
+            let why = format!("must be from {}K to {}M", lo >> 10, hi >> 20);
+            return Err(bad(log_env::MAX_LINE, &v, why));
+        }
+        d.max_line = n as usize;
+    }
+    Ok(d)
 }

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use pm2rs_proto::{AppSpec, ExecMode};
+use pm2rs_proto::{AppSpec, ExecMode, LogSpec};
 use tempfile::TempDir;
 
 use crate::ecosystem::load_with;
@@ -170,6 +170,7 @@ kill_timeout = "5s"
         kill_signal: "SIGTERM".into(),
         kill_timeout_ms: 5000,
         source: Some(fx.root().join("ecosystem.toml")),
+        logs: LogSpec::unset(),
     };
     assert_eq!(apps, vec![expected]);
 }
@@ -356,6 +357,110 @@ autorestart = "yes"
             "ecosystem.toml:8:15: apps[0].autorestart: expected a boolean (true or false), got a string",
         ]
     );
+}
+
+#[test]
+fn log_keys_resolve_against_cwd_and_translate_pm2_dates() {
+    let fx = Fixture::new();
+    fx.file("srv/app.js", "");
+    let apps = fx.load_ok(
+        r#"
+[[apps]]
+name = "a"
+script = "app.js"
+cwd = "srv"
+out_file = "logs/out.log"
+error = "/dev/null"
+log_file = "/var/tmp/all.log"
+combine_logs = true
+log_date_format = "YYYY-MM-DD HH:mm"
+log_type = "json"
+log_max_size = "1M"
+log_retain = 3
+log_compress = true
+
+[[apps]]
+name = "b"
+script = "app.js"
+disable_logs = true
+time = true
+log_max_size = 0
+"#,
+    );
+    let a = &apps[0].logs;
+    assert_eq!(a.out_file, Some(fx.root().join("srv/logs/out.log")));
+    assert_eq!(a.error_file, Some(PathBuf::from("/dev/null")));
+    assert_eq!(a.log_file, Some(PathBuf::from("/var/tmp/all.log")));
+    assert!(a.merge_logs && a.json && a.time);
+    assert_eq!(a.date_format.as_deref(), Some("%Y-%m-%d %H:%M"));
+    assert_eq!(
+        (a.max_size, a.retain, a.compress),
+        (Some(1 << 20), Some(3), Some(true))
+    );
+    let b = &apps[1].logs;
+    assert_eq!(b.out_file, Some(PathBuf::from("/dev/null")));
+    assert_eq!(b.error_file, Some(PathBuf::from("/dev/null")));
+    assert!(b.time && !b.json && b.date_format.is_none());
+    assert_eq!(b.max_size, Some(0));
+}
+
+#[test]
+fn bad_log_values_are_refused_with_the_key() {
+    let fx = Fixture::new();
+    let errors = fx.errors(
+        r#"[[apps]]
+script = "app.js"
+log_type = "xml"
+log_max_size = "12"
+log_retain = -1
+log_date_format = "%Y %!"
+out_file = ""
+time = "yes"
+"#,
+    );
+    assert_eq!(errors.len(), 6, "{errors:#?}");
+    assert!(errors[0].starts_with("ecosystem.toml:3:12: apps[0].log_type: invalid log_type `xml`"));
+    assert!(
+        errors[1].contains(
+            "apps[0].log_max_size: `log_max_size` must be 0 (never rotate) or at least 1K"
+        )
+    );
+    assert!(errors[2].contains("apps[0].log_retain: `log_retain` must not be negative"));
+    assert!(errors[3].contains("apps[0].log_date_format: invalid log_date_format `%Y %!`"));
+    assert!(errors[4].contains("apps[0].out_file: `out_file` must not be empty"));
+    assert!(errors[5].contains("apps[0].time: expected a boolean"));
+    let dir = fx.errors("[[apps]]\nscript = \"app.js\"\nout_file = \".\"\n");
+    assert!(
+        dir[0].contains("`out_file`") && dir[0].contains("is a directory"),
+        "{dir:?}"
+    );
+}
+
+#[test]
+fn daemon_log_defaults_come_from_the_environment() {
+    let none = crate::log_defaults(|_| None).unwrap();
+    assert_eq!(
+        (none.max_size, none.retain, none.compress, none.max_line),
+        (10 << 20, 5, false, 1 << 20)
+    );
+    let set = crate::log_defaults(|k| {
+        Some(
+            match k {
+                "PM2RS_LOG_MAX_SIZE" => "2M",
+                "PM2RS_LOG_RETAIN" => "2",
+                "PM2RS_LOG_COMPRESS" => "true",
+                _ => "4K",
+            }
+            .to_string(),
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        (set.max_size, set.retain, set.compress, set.max_line),
+        (2 << 20, 2, true, 4096)
+    );
+    let err = crate::log_defaults(|k| (k == "PM2RS_LOG_RETAIN").then(|| "many".to_string()));
+    assert!(err.unwrap_err().starts_with("PM2RS_LOG_RETAIN=\"many\""));
 }
 
 #[test]

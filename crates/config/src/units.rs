@@ -7,6 +7,12 @@ pub const MAX_INSTANCES: u32 = 1024;
 pub const MAX_MAX_RESTARTS: u64 = 1_000_000;
 /// Largest `kill_timeout`, `min_uptime` and `restart_delay`: 24 hours.
 pub const MAX_DURATION_MS: u64 = 24 * 3_600_000;
+/// Smallest `log_max_size` other than 0 (no rotation): smaller files would rotate on every burst.
+pub const MIN_LOG_MAX_SIZE: u64 = 1024;
+/// Most rotated files kept per log file.
+pub const MAX_LOG_RETAIN: u64 = 1000;
+/// Bounds of the daemon's `PM2RS_LOG_MAX_LINE`: the daemon holds one line this long in memory.
+pub const LOG_LINE_RANGE: (u64, u64) = (1024, 64 << 20);
 /// Largest `exp_backoff_restart_delay`: 15 minutes.
 pub const MAX_BACKOFF_MS: u64 = 15 * 60_000;
 

@@ -2,7 +2,8 @@
 //!
 //! Handlers never touch app state. Reads (`list`, `describe`, `ping`) are served from the supervisor's
 //! latest [`Snapshot`] plus the metrics sampler's latest figures; writes are sent to the supervisor as a
-//! [`Command`] and the handler awaits its reply.
+//! [`Command`] and the handler awaits its reply. The log routes (stream, flush, reload) talk to the
+//! [`LogHub`] directly: log files are not app state.
 
 use std::collections::HashMap;
 use std::io;
@@ -10,20 +11,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pm2rs_proto::{
-    ActionResponse, ApiError, DescribeResponse, ErrorKind, ListResponse, PingResponse,
-    ScaleRequest, StartRequest, StartResponse, TargetRequest, VERSION, VERSION_HEADER, routes,
+    ActionResponse, ApiError, DescribeResponse, ErrorKind, FlushResponse, ListResponse, LogEvent,
+    LogStreamQuery, PingResponse, ScaleRequest, StartRequest, StartResponse, TargetRequest,
+    VERSION, VERSION_HEADER, routes,
 };
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::warn;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
+use crate::logs::{self, Batch, LogHub};
 use crate::metrics::Sample;
 use crate::supervisor::{Command, Reply, Snapshot};
 
@@ -38,6 +43,10 @@ pub struct ApiState {
     pub metrics: watch::Receiver<Arc<HashMap<u32, Sample>>>,
     pub started: Instant,
     pub home: PathBuf,
+    /// Log files and the followers' channel.
+    pub logs: LogHub,
+    /// Cancelled when the daemon ends: open log streams end with it.
+    pub shutdown: CancellationToken,
 }
 
 /// The router with every route and the version middleware.
@@ -52,6 +61,9 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::SCALE, post(scale))
         .route(routes::DESCRIBE, post(describe))
         .route(routes::KILL, post(kill))
+        .route(routes::LOG_STREAM, get(log_stream))
+        .route(routes::LOG_FLUSH, post(log_flush))
+        .route(routes::LOG_RELOAD, post(log_reload))
         .layer(middleware::from_fn(check_version))
         .with_state(state)
 }
@@ -164,8 +176,148 @@ async fn describe(
             d.process.cpu_percent = Some(s.cpu_percent);
             d.process.memory_bytes = Some(s.memory_bytes);
         }
+        let files = logs::paths(state.logs.logs_dir(), &d.spec, d.process.id);
+        let mut paths = vec![files.out.as_path(), files.err.as_path()];
+        paths.extend(files.combined.as_deref());
+        d.log_problems = state.logs.problems(&paths);
+        d.combined_log = files.combined;
     }
     Ok(Json(resp))
+}
+
+/// `GET /v1/logs/stream`: every line read from now on by a matching instance (apps started later
+/// included), as newline-delimited JSON, until the client leaves or the daemon stops.
+async fn log_stream(State(state): State<ApiState>, Query(q): Query<LogStreamQuery>) -> Response {
+    let follow = Follow {
+        rx: state.logs.follow(),
+        query: q,
+        shutdown: state.shutdown.clone(),
+    };
+    let stream = futures_util::stream::unfold(follow, |mut f| async move {
+        let chunk = f.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), f))
+    });
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp
+}
+
+/// One follower's state.
+struct Follow {
+    rx: broadcast::Receiver<Arc<Batch>>,
+    query: LogStreamQuery,
+    shutdown: CancellationToken,
+}
+
+impl Follow {
+    /// The next chunk of NDJSON to send, `None` when the stream ends.
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            let received = tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                r = self.rx.recv() => r,
+            };
+            match received {
+                Ok(batch) if self.wants(&batch) => return Some(ndjson(&batch)),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let mut line = serde_json::to_vec(&LogEvent::Skipped { lines: n }).ok()?;
+                    line.push(b'\n');
+                    return Some(Bytes::from(line));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    fn wants(&self, b: &Batch) -> bool {
+        let q = &self.query;
+        let stream_ok = match b.stream {
+            pm2rs_proto::LogStream::Out => q.out,
+            pm2rs_proto::LogStream::Err => q.err,
+        };
+        let target = q.target.trim();
+        stream_ok
+            && (target == "all"
+                || target.parse::<u32>() == Ok(b.id)
+                || *b.name == *target
+                || *b.namespace == *target)
+    }
+}
+
+/// A batch as NDJSON `line` events.
+fn ndjson(b: &Batch) -> Bytes {
+    let mut out = Vec::with_capacity(b.lines.len() + 128);
+    let body = b.lines.strip_suffix(b"\n").unwrap_or(&b.lines);
+    for line in body.split(|&c| c == b'\n') {
+        let event = LogEvent::Line {
+            id: b.id,
+            name: b.name.to_string(),
+            stream: b.stream,
+            line: String::from_utf8_lossy(line).into_owned(),
+            at_us: b.at_us,
+        };
+        if serde_json::to_writer(&mut out, &event).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    Bytes::from(out)
+}
+
+/// `POST /v1/logs/flush`: empties the target's log files and removes their rotated files.
+async fn log_flush(
+    State(state): State<ApiState>,
+    Json(req): Json<TargetRequest>,
+) -> ApiResult<FlushResponse> {
+    let snapshot = state.snapshot.borrow().clone();
+    let ids = crate::supervisor::resolve_target(
+        &req.target,
+        snapshot
+            .processes
+            .iter()
+            .map(|p| (p.id, &*p.name, &*p.namespace)),
+    )
+    .map_err(ApiFailure)?;
+    let mut files: Vec<(PathBuf, u32)> = Vec::new();
+    for p in snapshot.processes.iter().filter(|p| ids.contains(&p.id)) {
+        let Some(spec) = snapshot.specs.get(&p.name) else {
+            continue;
+        };
+        let retain = state.logs.rotation(spec).retain;
+        let f = logs::paths(state.logs.logs_dir(), spec, p.id);
+        for path in [Some(f.out), Some(f.err), f.combined].into_iter().flatten() {
+            if !files.iter().any(|(known, _)| *known == path) {
+                files.push((path, retain));
+            }
+        }
+    }
+    let hub = state.logs.clone();
+    let list = files.clone();
+    let errors = tokio::task::spawn_blocking(move || hub.flush_blocking(&list))
+        .await
+        .unwrap_or_else(|e| vec![e.to_string()]);
+    if !errors.is_empty() {
+        return Err(ApiFailure(ApiError {
+            kind: ErrorKind::Failed,
+            message: format!("could not empty every log file: {}", errors.join("; ")),
+        }));
+    }
+    info!(target = %req.target, files = files.len(), "logs flushed");
+    Ok(Json(FlushResponse {
+        files: files.into_iter().map(|(p, _)| p).collect(),
+    }))
+}
+
+/// `POST /v1/logs/reload`: every log file is reopened at its next write.
+async fn log_reload(State(state): State<ApiState>) -> Json<FlushResponse> {
+    state.logs.reopen_all();
+    info!("log files reopened on request");
+    Json(FlushResponse {
+        files: state.logs.open_files(),
+    })
 }
 
 async fn start(

@@ -8,6 +8,7 @@
 //! - [`policy`]: the restart policy, a pure function.
 //! - [`process`]: spawning in a process group, signalling groups safely, reaping.
 //! - [`metrics`]: cpu/memory sampling for `list`.
+//! - [`logs`]: output capture: pipes drained into rotated files, followers, the daemon's own log.
 //!
 //! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token);
 //! [`run_daemon`] is what `pm2rs daemon` calls.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod home;
 pub mod lifecycle;
+pub mod logs;
 pub mod metrics;
 pub mod policy;
 pub mod process;
@@ -36,6 +38,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::api::{ApiState, PeerCheckedListener};
 use crate::home::Home;
+use crate::logs::{DaemonLog, LogHub, Rotation};
 use crate::supervisor::{Command, Supervisor};
 
 /// How `pm2rs daemon` was asked to run.
@@ -45,7 +48,14 @@ pub struct DaemonOptions {
     pub home: PathBuf,
     /// Started by the CLI in the background: after the ready line, detach stdin/stdout/stderr.
     pub detached: bool,
+    /// Daemon-wide log settings (rotation defaults, longest line).
+    pub log_defaults: pm2rs_proto::LogDefaults,
 }
+
+/// How many threads may write log files at once (each busy pipe has at most one write pending).
+const LOG_WRITE_THREADS: usize = 8;
+/// How long the daemon waits at exit for the last output of its apps to reach the files.
+const LOG_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the daemon in the foreground until `pm2rs kill`, SIGTERM or SIGINT. Prints `ready <pid>` on
 /// stdout once the socket accepts connections (the CLI waits for that line).
@@ -53,10 +63,12 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
     let home = Home::new(opts.home);
     home.prepare()?;
     let lock = home.lock()?;
-    init_tracing(&home)?;
+    let hub = LogHub::new(home.logs_dir(), opts.log_defaults);
+    init_tracing(&home, &hub)?;
     nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(LOG_WRITE_THREADS)
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
@@ -65,6 +77,16 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
         // Signals end the daemon the same way `pm2rs kill` does: stop every app first.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        // SIGUSR2 reopens every log file, for an external logrotate (as `pm2rs reload-logs`).
+        let mut usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+        let reopen = hub.clone();
+        tokio::spawn(async move {
+            while usr2.recv().await.is_some() {
+                reopen.reopen_all();
+                info!("SIGUSR2: log files reopened");
+            }
+        });
         let signalled = shutdown.child_token();
         let on_signal = signalled.clone();
         tokio::spawn(async move {
@@ -77,7 +99,7 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
         });
         announce_ready(opts.detached);
         info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
-        serve(listener, home.clone(), shutdown, signalled).await
+        serve(listener, home.clone(), hub, shutdown, signalled).await
     });
     home.cleanup();
     drop(lock);
@@ -90,6 +112,7 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
 pub async fn serve(
     listener: UnixListener,
     home: Home,
+    logs: LogHub,
     shutdown: CancellationToken,
     stop_apps: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -98,7 +121,7 @@ pub async fn serve(
     let (metrics_tx, metrics_rx) = watch::channel(Arc::new(HashMap::new()));
     let (cmd_tx, cmd_rx) = mpsc::channel(supervisor::COMMAND_QUEUE);
 
-    let supervisor = Supervisor::new(home.logs_dir(), snapshot_tx, shutdown.clone());
+    let supervisor = Supervisor::new(logs.clone(), snapshot_tx, shutdown.clone());
     let sup_done = shutdown.clone();
     // However the supervisor ends (a kill, an error, even a panic), the daemon ends with it rather
     // than serving an API nobody acts on.
@@ -139,6 +162,8 @@ pub async fn serve(
         metrics: metrics_rx,
         started: Instant::now(),
         home: home.dir.clone(),
+        logs: logs.clone(),
+        shutdown: shutdown.clone(),
     };
     let listener = PeerCheckedListener {
         inner: listener,
@@ -151,6 +176,8 @@ pub async fn serve(
         .context("control socket server failed")?;
     tracker.close();
     tracker.wait().await;
+    // Every app is gone: let the drains write what is left in the pipes.
+    logs.finish(LOG_DRAIN_GRACE).await;
     Ok(())
 }
 
@@ -170,12 +197,17 @@ fn announce_ready(detached: bool) {
     }
 }
 
-fn init_tracing(home: &Home) -> anyhow::Result<()> {
+/// Sends tracing to `pm2rs.log`, rotated with the daemon-wide defaults and reopened with the apps'
+/// logs.
+fn init_tracing(home: &Home, hub: &LogHub) -> anyhow::Result<()> {
     let path = home.daemon_log();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let d = hub.defaults();
+    let rotation = Rotation {
+        max_size: d.max_size,
+        retain: d.retain,
+        compress: d.compress,
+    };
+    let writer = DaemonLog::open(path.clone(), rotation, hub.generation())
         .with_context(|| format!("cannot open {}", path.display()))?;
     let level = std::env::var("PM2RS_LOG")
         .ok()
@@ -184,7 +216,7 @@ fn init_tracing(home: &Home) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
+        .with_writer(writer)
         .try_init();
     Ok(())
 }

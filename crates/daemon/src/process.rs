@@ -1,4 +1,5 @@
-//! Process control at the OS level: spawn an instance in its own process group, signal its group
+//! Process control at the OS level: spawn an instance in its own process group (its output into
+//! the pipes of [`crate::logs`]), signal its group
 //! safely, reap children, and read a process's start time from `/proc`.
 //!
 //! Only the supervisor calls into this module, and only the supervisor reaps (see [`reap_one`]). That
@@ -6,10 +7,9 @@
 //! another process. The recorded start time is checked as well before any signal, as a second guard.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
@@ -35,12 +35,14 @@ pub struct SpawnInput<'a> {
     pub instance: u32,
     /// Unique id of the instance.
     pub id: u32,
-    pub out_log: &'a Path,
-    pub err_log: &'a Path,
+    /// Write ends of the pipes the daemon drains into the log files.
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
 }
 
-/// Spawns one instance in a new process group, stdin from /dev/null, output appended to its log files.
-pub fn spawn(input: &SpawnInput<'_>) -> io::Result<Tracked> {
+/// Spawns one instance in a new process group, stdin from /dev/null, stdout and stderr to the
+/// given pipes (closed in the daemon once the child has them).
+pub fn spawn(input: SpawnInput<'_>) -> io::Result<Tracked> {
     let spec = input.spec;
     let mut cmd = match &spec.interpreter {
         Some(interp) => {
@@ -54,10 +56,13 @@ pub fn spawn(input: &SpawnInput<'_>) -> io::Result<Tracked> {
         .current_dir(&spec.cwd)
         .envs(instance_env(spec, input.instance, input.id))
         .stdin(Stdio::null())
-        .stdout(open_log(input.out_log)?)
-        .stderr(open_log(input.err_log)?)
+        .stdout(Stdio::from(input.stdout))
+        .stderr(Stdio::from(input.stderr))
         .process_group(0);
-    let child = cmd.spawn()?;
+    let child = cmd.spawn();
+    // Close our copies of the pipes' write ends now, so end of file comes when the child's go.
+    drop(cmd);
+    let child = child?;
     // We never wait on `child` through std: the supervisor reaps with waitpid(-1). Dropping a std
     // Child neither kills nor waits for it.
     let pid = Pid::from_raw(child.id() as i32);
@@ -76,13 +81,6 @@ pub fn instance_env(spec: &AppSpec, instance: u32, id: u32) -> BTreeMap<String, 
     env.insert("PM2RS_APP_NAME".into(), spec.name.clone());
     env.insert("PM2RS_ID".into(), id.to_string());
     env
-}
-
-fn open_log(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// Field `n` (1-based, as in proc(5); n ≥ 3) of `/proc/<pid>/stat`, or None if the process is gone.

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::lifecycle::{self, Event};
+use crate::logs::LogHub;
 use crate::policy::{self, Decision, ExitReason, RestartHistory, RestartPolicy};
 use crate::process::{self, SpawnInput, Tracked};
 
@@ -97,6 +98,8 @@ impl Snapshot {
                 spec: (**spec).clone(),
                 out_log: out_log.clone(),
                 err_log: err_log.clone(),
+                combined_log: None,
+                log_problems: Vec::new(),
             });
         }
         Ok(DescribeResponse { processes: out })
@@ -232,6 +235,8 @@ struct Pending {
 /// The supervisor's state. Built by [`Supervisor::new`], consumed by [`Supervisor::run`].
 pub struct Supervisor {
     logs_dir: PathBuf,
+    /// Pipes and files of every instance's output.
+    logs: LogHub,
     apps: BTreeMap<String, App>,
     procs: BTreeMap<u32, Proc>,
     by_pid: HashMap<Pid, u32>,
@@ -246,9 +251,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor writing logs under `logs_dir`, publishing on `snapshot`.
+    /// A supervisor capturing output through `logs`, publishing on `snapshot`.
     pub fn new(
-        logs_dir: PathBuf,
+        logs: LogHub,
         snapshot: watch::Sender<Arc<Snapshot>>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -257,7 +262,8 @@ impl Supervisor {
             .flatten()
             .map(|u| u.name);
         Supervisor {
-            logs_dir,
+            logs_dir: logs.logs_dir().to_path_buf(),
+            logs,
             apps: BTreeMap::new(),
             procs: BTreeMap::new(),
             by_pid: HashMap::new(),
@@ -544,14 +550,21 @@ impl Supervisor {
         };
         let spec = &app.spec;
         let (out_log, err_log) = log_paths(&self.logs_dir, spec, p.id);
-        let input = SpawnInput {
-            spec,
-            instance: p.instance,
-            id: p.id,
-            out_log: &out_log,
-            err_log: &err_log,
-        };
-        let result = process::spawn(&input);
+        let result = self
+            .logs
+            .capture(spec.clone(), p.id)
+            .and_then(|(stdout, stderr, capture)| {
+                let input = SpawnInput {
+                    spec,
+                    instance: p.instance,
+                    id: p.id,
+                    stdout,
+                    stderr,
+                };
+                let tracked = process::spawn(input)?;
+                self.logs.start(capture, tracked.pid.as_raw() as u32);
+                Ok(tracked)
+            });
         p.out_log = out_log;
         p.err_log = err_log;
         p.deadline = None;
@@ -947,19 +960,10 @@ fn transition(p: &mut Proc, event: Event) -> bool {
     }
 }
 
-/// `<logs>/<name>-out.log` for a single instance, `<name>-out-<id>.log` when the app has several.
+/// The stdout and stderr files of an instance (see [`crate::logs::paths`]).
 fn log_paths(logs_dir: &std::path::Path, spec: &AppSpec, id: u32) -> (PathBuf, PathBuf) {
-    if spec.instances > 1 {
-        (
-            logs_dir.join(format!("{}-out-{id}.log", spec.name)),
-            logs_dir.join(format!("{}-error-{id}.log", spec.name)),
-        )
-    } else {
-        (
-            logs_dir.join(format!("{}-out.log", spec.name)),
-            logs_dir.join(format!("{}-error.log", spec.name)),
-        )
-    }
+    let paths = crate::logs::paths(logs_dir, spec, id);
+    (paths.out, paths.err)
 }
 
 fn unix_micros() -> u64 {

@@ -7,7 +7,9 @@
 //! # Layout
 //! - [`AppSpec`]: one fully resolved app, as the ecosystem parser produces it and the daemon runs it.
 //! - [`ProcessInfo`], [`Status`]: what `list` and `describe` show about one instance.
+//! - [`LogSpec`]: where and how an app's output is written.
 //! - Request structs ([`StartRequest`], [`TargetRequest`], [`ScaleRequest`]) and their replies.
+//! - [`LogEvent`]: one line of the log stream (`pm2rs logs`), newline-delimited JSON.
 //! - [`ApiError`]: the body of every non-2xx reply.
 //!
 //! # Versioning
@@ -54,6 +56,13 @@ pub mod routes {
     pub const SCALE: &str = "/v1/apps/scale";
     /// `POST` [`crate::TargetRequest`] → [`crate::DescribeResponse`].
     pub const DESCRIBE: &str = "/v1/apps/describe";
+    /// `GET` with [`crate::LogStreamQuery`] → newline-delimited [`crate::LogEvent`]s until the
+    /// client goes away or the daemon stops.
+    pub const LOG_STREAM: &str = "/v1/logs/stream";
+    /// `POST` [`crate::TargetRequest`] → [`crate::FlushResponse`]: empties the target's log files.
+    pub const LOG_FLUSH: &str = "/v1/logs/flush";
+    /// `POST` (empty body) → [`crate::FlushResponse`]: reopens every log file (after logrotate).
+    pub const LOG_RELOAD: &str = "/v1/logs/reload";
     /// `POST` (empty body) → [`crate::ActionResponse`]; stops every app, then the daemon exits.
     pub const KILL: &str = "/v1/kill";
 }
@@ -121,6 +130,35 @@ pub struct AppSpec {
     pub kill_timeout_ms: u64,
     /// The ecosystem file this app came from, if any.
     pub source: Option<PathBuf>,
+    /// Where and how the app's output is written.
+    pub logs: LogSpec,
+}
+
+/// How an app's output is captured: files, line format, rotation. Paths are absolute; `None`
+/// means the daemon's choice (default file names under `$PM2RS_HOME/logs`, daemon-wide rotation
+/// defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSpec {
+    /// Stdout file (`/dev/null` discards); `None` = `<logs>/<name>-out.log`.
+    pub out_file: Option<PathBuf>,
+    /// Stderr file; `None` = `<logs>/<name>-error.log`.
+    pub error_file: Option<PathBuf>,
+    /// A third file receiving stdout and stderr together, if set.
+    pub log_file: Option<PathBuf>,
+    /// With several instances, all of them write to the same files (else one file per instance).
+    pub merge_logs: bool,
+    /// Prefix every line with a timestamp.
+    pub time: bool,
+    /// strftime format of that timestamp; `None` = RFC 3339 with milliseconds.
+    pub date_format: Option<String>,
+    /// Write one JSON object per line instead of the raw line.
+    pub json: bool,
+    /// Rotate a file when it would grow past this many bytes (0 = never); `None` = daemon default.
+    pub max_size: Option<u64>,
+    /// Rotated files kept per log file; `None` = daemon default.
+    pub retain: Option<u32>,
+    /// Gzip rotated files; `None` = daemon default.
+    pub compress: Option<bool>,
 }
 
 impl fmt::Debug for AppSpec {
@@ -149,8 +187,42 @@ impl fmt::Debug for AppSpec {
             .field("kill_signal", &self.kill_signal)
             .field("kill_timeout_ms", &self.kill_timeout_ms)
             .field("source", &self.source)
+            .field("logs", &self.logs)
             .finish()
     }
+}
+
+impl LogSpec {
+    /// Nothing set: default file names, raw lines, the daemon's rotation defaults.
+    pub fn unset() -> LogSpec {
+        LogSpec {
+            out_file: None,
+            error_file: None,
+            log_file: None,
+            merge_logs: false,
+            time: false,
+            date_format: None,
+            json: false,
+            max_size: None,
+            retain: None,
+            compress: None,
+        }
+    }
+}
+
+/// Daemon-wide log settings: the rotation defaults of apps that set none, the daemon's own log's
+/// rotation, and the longest line kept whole. Read from the daemon's environment when it starts
+/// (see `pm2rs_config::log_defaults`); never sent on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogDefaults {
+    /// Rotate at this size (0 = never).
+    pub max_size: u64,
+    /// Rotated files kept.
+    pub retain: u32,
+    /// Gzip rotated files.
+    pub compress: bool,
+    /// A line longer than this is split into pieces of this size.
+    pub max_line: usize,
 }
 
 /// Lifecycle status of one instance. The allowed moves between them are a table in the daemon.
@@ -322,6 +394,64 @@ pub struct Described {
     pub out_log: PathBuf,
     /// Where its stderr goes.
     pub err_log: PathBuf,
+    /// Where stdout and stderr go together, if the app sets `log_file`.
+    #[serde(default)]
+    pub combined_log: Option<PathBuf>,
+    /// Current problems writing its logs (a full disk, a file that cannot be opened), if any.
+    #[serde(default)]
+    pub log_problems: Vec<String>,
+}
+
+/// Which output of a process a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    Out,
+    /// Standard error.
+    Err,
+}
+
+/// Query of `GET /v1/logs/stream`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogStreamQuery {
+    /// `all`, an instance id, an app name or a namespace; apps started later match too.
+    pub target: String,
+    /// Include stdout lines.
+    pub out: bool,
+    /// Include stderr lines.
+    pub err: bool,
+}
+
+/// One event of the log stream: one line of newline-delimited JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LogEvent {
+    /// A line an instance wrote (invalid UTF-8 replaced by U+FFFD; the file keeps the bytes).
+    Line {
+        /// Instance id.
+        id: u32,
+        /// App name.
+        name: String,
+        /// Which output.
+        stream: LogStream,
+        /// The line, without its newline.
+        line: String,
+        /// When the daemon read it (Unix time, microseconds).
+        at_us: u64,
+    },
+    /// This follower fell behind and `lines` lines were skipped (the files have them all).
+    Skipped {
+        /// How many lines (at least) were not sent.
+        lines: u64,
+    },
+}
+
+/// Reply of log flush and reload: the files acted on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushResponse {
+    /// The log files emptied or reopened.
+    pub files: Vec<PathBuf>,
 }
 
 /// Machine-readable error kinds, so the CLI can pick an exit code and a hint.
@@ -382,6 +512,7 @@ mod tests {
             kill_signal: "SIGINT".into(),
             kill_timeout_ms: 1600,
             source: None,
+            logs: LogSpec::unset(),
         };
         let text = format!("{spec:?}");
         assert!(text.contains("TOKEN"));

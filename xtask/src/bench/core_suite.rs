@@ -20,7 +20,7 @@ use super::harness::{
 };
 use super::manager::{App, Cli, Instance, Kind};
 use super::report::{Measurement, Unit, mib, ms};
-use super::{Harness, Options, Scenario, Suite};
+use super::{Harness, Options, Scenario, Suite, WAIT};
 
 pub const SUITE: Suite = Suite {
     name: "core",
@@ -56,9 +56,6 @@ pub const SUITE: Suite = Suite {
         },
     ],
 };
-
-/// How long any "wait until X" may take before the scenario fails.
-const WAIT: Duration = Duration::from_secs(60);
 
 /// The program every app runs, and its command name in `/proc`.
 const PROGRAM: &str = "sleep";

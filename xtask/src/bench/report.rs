@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -27,6 +27,8 @@ pub enum Unit {
     Mib,
     /// Percent of one CPU core.
     Percent,
+    /// A count of lines.
+    Lines,
 }
 
 impl Unit {
@@ -35,6 +37,7 @@ impl Unit {
             Unit::Ms => "ms",
             Unit::Mib => "MiB",
             Unit::Percent => "% CPU",
+            Unit::Lines => "lines",
         }
     }
 }
@@ -516,9 +519,15 @@ fn ratio_text(ratio: f64) -> String {
     }
 }
 
-/// An RFC 7231 date (`Sat, 21 Nov 2026 23:08:05 GMT`) for Unix seconds.
+/// An RFC 3339 UTC time (`2026-11-21T23:08:05Z`) for Unix seconds.
 fn utc_date_time(unix: u64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(unix))
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(
+            || format!("{unix} s after the Unix epoch"),
+            |t| t.to_string(),
+        )
 }
 
 #[cfg(test)]
@@ -598,7 +607,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("- list (PM2): ls"), "{text}");
-        assert!(text.contains("21 Nov 2026"), "{text}");
+        assert!(text.contains("2026-11-21T"), "{text}");
     }
 
     #[test]
@@ -626,9 +635,6 @@ mod tests {
 
     #[test]
     fn dates_are_utc() {
-        assert_eq!(
-            utc_date_time(951_782_400 + 3_661),
-            "Tue, 29 Feb 2000 01:01:01 GMT"
-        );
+        assert_eq!(utc_date_time(951_782_400 + 3_661), "2000-02-29T01:01:01Z");
     }
 }

@@ -6,9 +6,11 @@
 //! - `harness`: the per-test environment, CLI runner, polling with deadlines, cleanup guard.
 //! - `daemon`: the daemon and its socket (start on first use, ping, kill, permissions, one per home).
 //! - `apps`: app lifecycle through the CLI (start, list, crash, restart policy, stop, delete, scale).
+//! - `logs`: log capture, rotation, `logs`/`flush`/`reload-logs`, formats, disk problems.
 //! - `config`: ecosystem files through the CLI (errors change nothing, profiles, JSON).
 
 mod apps;
 mod config;
 mod daemon;
 mod harness;
+mod logs;
