@@ -401,7 +401,8 @@ impl Report {
         let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
         for row in &self.rows {
             let mut cells = vec![
-                row.name.clone(),
+                // A `|` would end the Markdown cell.
+                row.name.replace('|', "\\|"),
                 row.target
                     .map_or("-".to_string(), |t| format!("≤ {t} {}", row.unit.suffix())),
             ];
@@ -578,7 +579,10 @@ mod tests {
             "core",
             "list",
             Kind::Pm2,
-            vec![Measurement::repeated("list", Unit::Ms, vec![300.0, 200.0], None).with_note("ls")],
+            vec![
+                Measurement::repeated("list | cat", Unit::Ms, vec![300.0, 200.0], None)
+                    .with_note("ls"),
+            ],
         );
         report.finish(1_795_301_672);
         assert_eq!(report.rows.len(), 2);
@@ -603,10 +607,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| list | - | - | 250 ms (200–300, n=2) | - |"),
+            text.contains("| list \\| cat | - | - | 250 ms (200–300, n=2) | - |"),
             "{text}"
         );
-        assert!(text.contains("- list (PM2): ls"), "{text}");
+        assert!(text.contains("- list | cat (PM2): ls"), "{text}");
         assert!(text.contains("2026-11-21T"), "{text}");
     }
 
