@@ -207,16 +207,23 @@ fn run(options: &Options) -> Result<Report> {
     };
     ensure!(bin.is_file(), "{} does not exist", bin.display());
 
+    let chosen: Vec<&Suite> = SUITES
+        .iter()
+        .filter(|s| options.suite.as_ref().is_none_or(|only| only == s.name))
+        .collect();
     let mut managers = vec![Manager::pm2rs(&bin)];
     if options.compare_pm2 {
-        managers.push(Manager::pm2(&target.join("bench").join("pm2"))?);
+        if chosen.iter().any(|s| s.compare) {
+            managers.push(Manager::pm2(&target.join("bench").join("pm2"))?);
+        } else {
+            eprintln!(
+                "bench: --compare pm2: no chosen suite runs against PM2; measuring pm2rs only"
+            );
+        }
     }
     let rounds = options.rounds();
     let mut report = Report::new(options.command(), options.quick, rounds, &managers);
-    let chosen = SUITES
-        .iter()
-        .filter(|s| options.suite.as_ref().is_none_or(|only| only == s.name));
-    for suite in chosen {
+    for suite in &chosen {
         let mut taking_part: Vec<&Manager> = managers
             .iter()
             .filter(|m| suite.compare || m.kind == Kind::Pm2rs)
