@@ -1,74 +1,83 @@
-//! `cargo xtask bench [--quick] [--bin PATH] [--suite NAME]`: measures the real release binary against the "what
-//! fast means" targets of the design notes.
+//! `cargo xtask bench [--compare pm2] [--quick] [--rounds N] [--suite NAME] [--bin PATH]`: measures the real
+//! release binary against the "what fast means" targets of the design notes and, with `--compare
+//! pm2`, side by side with PM2 in the same run.
 //!
-//! It builds `pm2rs` with `cargo build --release -p pm2rs` (or takes `--bin PATH`), then drives
-//! the release `pm2rs` as a user would, through the CLI, against a daemon in a fresh temporary `PM2RS_HOME`. Figures come from
-//! clocks around real events (process exit as reported by the kernel, `started_at_us` reported by
-//! the daemon); waiting is always a poll with a deadline, never a sleep standing in for a measurement.
+//! It builds `pm2rs` with `cargo build --release -p pm2rs` (or takes `--bin PATH`) and drives it as a
+//! user would, through the CLI, against a daemon in a fresh temporary home. With `--compare pm2` it
+//! also installs PM2 with npm into `target/bench/pm2/` (reused by later runs; nothing global, nothing
+//! in the sources) and runs every comparable suite against both, each with its own temporary
+//! `PM2_HOME`/`PM2RS_HOME`. Each suite runs `rounds` times per manager (3 by default, 1 with
+//! `--quick`), alternating which manager goes first, so both see the same noise; figures are pooled
+//! over the rounds (median, min–max). Figures come from clocks around real events (process exit as
+//! reported by the kernel, a new process seen in `/proc`); waiting is always a poll with a deadline,
+//! never a sleep standing in for a measurement. Output: a Markdown table on stdout and in
+//! `target/bench/results.md`, everything (samples included) in `target/bench/results.json`.
 //!
 //! # Layout
-//! - `harness`: [`harness::Harness`], one temp home + the binary + a `run` helper, and the cleanup
-//!   guard that stops the daemon and every app process on drop (also on error, panic and Ctrl-C).
-//! - `report`: figures, targets, the printed table and `target/bench/results.json`.
-//! - `logs`: the log-capture suite (a 1,000,000-line flood against a file and `| cat`).
-//! - `cluster`: the cluster suite (Node hello-world req/s through pm2rs, one process and PM2; failed
-//!   requests during reload under load).
-//! - This file: the scenarios, grouped in [`Suite`]s.
+//! - `harness`: [`harness::Harness`], one manager + one temp home + a `run` helper, the `/proc`
+//!   scanner, and the cleanup guard that stops the daemon and every app process on drop (also on
+//!   error, panic and Ctrl-C).
+//! - `manager`: pm2rs and PM2 behind one vocabulary (CLI actions, listing, ecosystem files), and
+//!   the npm install of PM2.
+//! - `report`: figures, their pooling over rounds and managers, the Markdown table, the JSON.
+//! - `core_suite`: the core suite (daemon footprint, start, list, crash, restart, idle CPU).
+//! - `logs`: the log-capture suite (a 1,000,000-line flood against a file and `| cat`; pm2rs only).
+//! - `cluster`: the cluster suite (req/s of a Node hello-world through a 2-instance cluster, failed
+//!   requests while `reload` runs under load; against PM2's cluster mode with `--compare pm2`).
+//! - This file: options, the list of suites, the rounds.
 //!
-//! # Adding a scenario
-//! Write `fn my_scenario(h: &mut Harness, o: &Options) -> Result<Vec<Measurement>>` and list it in a
-//! suite. Scenarios of one suite share one daemon and run in order, each building on the state the
-//! previous ones left (the core suite's later scenarios use the 100 instances started earlier); if
-//! one fails the rest of its suite is skipped. A scenario that needs a clean daemon (a log flood,
-//! cluster HTTP, a side-by-side run with PM2) goes in a suite of its own, which gets its own home.
+//! # Adding a suite
+//! Put it in its own file under `bench/` and list it in [`SUITES`] (one `mod` line, one entry). A
+//! scenario is `fn(&mut Harness, &Options) -> Result<Vec<Measurement>>`; the scenarios of one suite
+//! share one daemon and run in order, each building on the state the previous ones left; if one
+//! fails the rest of its suite is skipped for that manager and round. Give every figure a name that
+//! does not depend on the manager: figures of the same name are put side by side.
+//!
+//! # Supporting `--compare pm2`
+//! Set `compare: true` on the suite, and write its scenarios with the manager-neutral parts of the
+//! harness only: [`harness::Harness::cli`] with a [`manager::Cli`] action (not raw `run` arguments),
+//! [`harness::Harness::write_ecosystem`] with [`manager::App`]s, [`harness::Harness::instances`]
+//! (not `list_json`), [`harness::Harness::daemon`], and [`harness::Children`] to see app processes
+//! in `/proc`. When the managers must differ (PM2's cluster mode, where PM2 writes its logs), match
+//! on [`harness::Harness::kind`] and read [`harness::Harness::home`]; keep what is *measured* the
+//! same for both. A `compare: false` suite runs against pm2rs only and may use everything.
 //!
 //! Exit status: 0 when every scenario ran, whether or not targets were met; 1 when a scenario (or
-//! the build) could not run; 2 for bad arguments.
+//! the build, or the PM2 install) could not run; 2 for bad arguments.
 
 mod cluster;
+mod core_suite;
 mod harness;
 mod logs;
+mod manager;
 mod report;
 
 pub use logs::flood_writer;
 
 use std::env;
 use std::ffi::OsString;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
-use pm2rs_proto::{ProcessInfo, Status};
 
-use harness::{Harness, ProcId, Stdout, poll_until, rss_bytes, unix_micros};
-use report::{Host, Measurement, Outcome, Report, ScenarioResult, Unit, mib, ms};
-
-/// How long any "wait until the daemon shows X" may take before the scenario fails.
-const WAIT: Duration = Duration::from_secs(30);
-
-/// Name and size of the app the core suite starts.
-const APP: &str = "sleeper";
-const INSTANCES: usize = 100;
-
-/// Targets, from the design notes.
-const TARGET_LIST_MS: f64 = 2.0;
-const TARGET_IDLE_RSS_MIB: f64 = 4.0;
-const TARGET_LOADED_RSS_MIB: f64 = 8.0;
-const TARGET_START_100_MS: f64 = 200.0;
-const TARGET_CRASH_MS: f64 = 3.0;
+use harness::Harness;
+use manager::{Kind, Manager};
+use report::{Measurement, Problem, Report};
 
 /// Command-line options of `cargo xtask bench`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Options {
-    /// Fewer repetitions of the timed scenarios, for a fast check.
+    /// Fewer repetitions and shorter windows, for a fast check.
     pub quick: bool,
-    /// Bench this binary instead of building the release `pm2rs` (e.g. a release artifact or an
+    /// Bench this binary instead of building `target/release/pm2rs` (e.g. a release artifact or an
     /// older build to compare with).
     pub bin: Option<PathBuf>,
+    /// `--compare pm2`: also run every comparable suite against PM2.
+    pub compare_pm2: bool,
+    /// Runs of each suite per manager; default 3, or 1 with `--quick`.
+    pub rounds: Option<usize>,
     /// Run only the suite of this name (`core`, `logs`, `cluster`).
     pub suite: Option<String>,
 }
@@ -92,64 +101,78 @@ impl Options {
                     let path = args.next().ok_or("--bin needs a path")?;
                     options.bin = Some(PathBuf::from(path));
                 }
+                "--compare" => match args.next().map(String::as_str) {
+                    Some("pm2") => options.compare_pm2 = true,
+                    Some(other) => {
+                        return Err(format!("--compare: unknown manager `{other}` (known: pm2)"));
+                    }
+                    None => return Err("--compare needs a manager: pm2".to_string()),
+                },
+                "--rounds" => {
+                    let n = args.next().ok_or("--rounds needs a number")?;
+                    match n.parse::<usize>() {
+                        Ok(n) if n > 0 => options.rounds = Some(n),
+                        _ => return Err(format!("--rounds: `{n}` is not a positive number")),
+                    }
+                }
                 other => return Err(format!("unknown bench option `{other}`")),
             }
         }
         Ok(options)
     }
 
-    /// Repetitions of the `list` round trip.
-    fn list_runs(&self) -> usize {
-        if self.quick { 10 } else { 50 }
+    /// Runs of each suite per manager.
+    pub fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(if self.quick { 1 } else { 3 })
     }
 
-    /// Repetitions of kill -9 → replacement.
-    fn crash_runs(&self) -> usize {
-        if self.quick { 5 } else { 20 }
+    /// `n` normally, `quick` with `--quick`: repetitions within one scenario run.
+    pub fn reps(&self, n: usize, quick: usize) -> usize {
+        if self.quick { quick } else { n }
+    }
+
+    /// The command line that reproduces this run.
+    fn command(&self) -> String {
+        let mut command = String::from("cargo xtask bench");
+        if self.compare_pm2 {
+            command.push_str(" --compare pm2");
+        }
+        if self.quick {
+            command.push_str(" --quick");
+        }
+        if let Some(n) = self.rounds {
+            command.push_str(&format!(" --rounds {n}"));
+        }
+        if let Some(suite) = &self.suite {
+            command.push_str(&format!(" --suite {suite}"));
+        }
+        if let Some(bin) = &self.bin {
+            command.push_str(&format!(" --bin {}", bin.display()));
+        }
+        command
     }
 }
 
 /// One measured step: it acts on the suite's daemon and returns its figures.
-struct Scenario {
-    name: &'static str,
-    run: fn(&mut Harness, &Options) -> Result<Vec<Measurement>>,
+pub struct Scenario {
+    pub name: &'static str,
+    pub run: fn(&mut Harness, &Options) -> Result<Vec<Measurement>>,
 }
 
 /// Scenarios sharing one daemon in one fresh home, run in order.
-struct Suite {
-    name: &'static str,
-    scenarios: &'static [Scenario],
+pub struct Suite {
+    pub name: &'static str,
+    /// Runs against PM2 too with `--compare pm2` (see "Supporting `--compare pm2`" above).
+    pub compare: bool,
+    pub scenarios: &'static [Scenario],
 }
 
 /// Every suite, in the order they run.
 const SUITES: &[Suite] = &[
-    Suite {
-        name: "core",
-        scenarios: &[
-            Scenario {
-                name: "idle daemon",
-                run: idle_daemon,
-            },
-            Scenario {
-                name: "start 100 instances",
-                run: start_instances,
-            },
-            Scenario {
-                name: "RSS with 100 instances",
-                run: loaded_daemon,
-            },
-            Scenario {
-                name: "list round trip",
-                run: list_round_trip,
-            },
-            Scenario {
-                name: "crash → new pid",
-                run: crash_replacement,
-            },
-        ],
-    },
+    core_suite::SUITE,
     Suite {
         name: "logs",
+        compare: false,
         scenarios: &[Scenario {
             name: "log flood",
             run: logs::flood,
@@ -157,6 +180,9 @@ const SUITES: &[Suite] = &[
     },
     cluster::SUITE,
 ];
+
+/// How long any "wait until the daemon shows X" may take before the scenario fails.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs the bench, prints the table, writes the JSON; returns the process exit status.
 pub fn main(options: &Options) -> ExitCode {
@@ -185,55 +211,76 @@ fn run(options: &Options) -> Result<Report> {
     };
     ensure!(bin.is_file(), "{} does not exist", bin.display());
 
-    let pm2rs_version = version(&bin);
-    let mut scenarios = Vec::new();
-    for suite in SUITES {
-        if options
-            .suite
-            .as_ref()
-            .is_some_and(|only| only != suite.name)
-        {
-            continue;
+    let chosen: Vec<&Suite> = SUITES
+        .iter()
+        .filter(|s| options.suite.as_ref().is_none_or(|only| only == s.name))
+        .collect();
+    let mut managers = vec![Manager::pm2rs(&bin)];
+    if options.compare_pm2 {
+        if chosen.iter().any(|s| s.compare) {
+            managers.push(Manager::pm2(&target.join("bench").join("pm2"))?);
+        } else {
+            eprintln!(
+                "bench: --compare pm2: no chosen suite runs against PM2; measuring pm2rs only"
+            );
         }
-        scenarios.extend(run_suite(suite, &bin, options));
     }
-    let report = Report {
-        finished_at_unix: SystemTime::now()
+    let rounds = options.rounds();
+    let mut report = Report::new(options.command(), options.quick, rounds, &managers);
+    for suite in &chosen {
+        let mut taking_part: Vec<&Manager> = managers
+            .iter()
+            .filter(|m| suite.compare || m.kind == Kind::Pm2rs)
+            .collect();
+        for round in 0..rounds {
+            for manager in &taking_part {
+                run_suite(suite, manager, options, round, &mut report);
+            }
+            // The other manager goes first next round.
+            taking_part.rotate_left(1);
+        }
+    }
+    report.finish(
+        SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        quick: options.quick,
-        binary: bin.clone(),
-        pm2rs_version,
-        host: Host::detect(),
-        scenarios,
-    };
+    );
 
     println!();
-    println!(
-        "pm2rs bench{} — {}",
-        if options.quick { " (quick)" } else { "" },
-        report.pm2rs_version.as_deref().unwrap_or("version unknown")
-    );
-    println!();
     print!("{}", report.render());
-    let json = target.join("bench").join("results.json");
+    let dir = target.join("bench");
+    let (json, markdown) = (dir.join("results.json"), dir.join("results.md"));
     report.write_json(&json)?;
-    println!("\nresults written to {}", json.display());
+    report.write_markdown(&markdown)?;
+    println!(
+        "\nresults written to {} and {}",
+        markdown.display(),
+        json.display()
+    );
     Ok(report)
 }
 
-/// Runs one suite on a fresh harness; a failure skips the rest of the suite. The harness (and so
-/// the daemon and its apps) is gone when this returns.
-fn run_suite(suite: &Suite, bin: &Path, options: &Options) -> Vec<ScenarioResult> {
-    let mut results = Vec::new();
-    let mut harness = match Harness::new(bin) {
+/// Runs one suite for one manager on a fresh harness; a failure skips the rest of the suite. The
+/// harness (and so the daemon and its apps) is gone when this returns.
+fn run_suite(
+    suite: &Suite,
+    manager: &Manager,
+    options: &Options,
+    round: usize,
+    report: &mut Report,
+) {
+    let problem = |scenario: &str, outcome: &'static str, reason: String| Problem {
+        suite: suite.name.to_string(),
+        scenario: scenario.to_string(),
+        manager: manager.kind,
+        round,
+        outcome,
+        reason,
+    };
+    let mut harness = match Harness::new(manager) {
         Ok(harness) => Some(harness),
         Err(e) => {
-            results.push(ScenarioResult {
-                scenario: format!("{}: setup", suite.name),
-                outcome: Outcome::Failed(format!("{e:#}")),
-                measurements: Vec::new(),
-            });
+            report.problem(problem("setup", "failed", format!("{e:#}")));
             None
         }
     };
@@ -242,39 +289,31 @@ fn run_suite(suite: &Suite, bin: &Path, options: &Options) -> Vec<ScenarioResult
             harness = None;
         }
         let Some(h) = harness.as_mut() else {
-            results.push(ScenarioResult {
-                scenario: scenario.name.to_string(),
-                outcome: Outcome::Skipped(if harness::interrupted().is_err() {
-                    "interrupted".to_string()
-                } else {
-                    format!("an earlier step of the `{}` suite failed", suite.name)
-                }),
-                measurements: Vec::new(),
-            });
+            let why = if harness::interrupted().is_err() {
+                "interrupted".to_string()
+            } else {
+                format!("an earlier step of the `{}` suite failed", suite.name)
+            };
+            report.problem(problem(scenario.name, "skipped", why));
             continue;
         };
-        eprintln!("bench: {} …", scenario.name);
-        let result = match (scenario.run)(h, options) {
-            Ok(measurements) => ScenarioResult {
-                scenario: scenario.name.to_string(),
-                outcome: Outcome::Ran,
-                measurements,
-            },
+        eprintln!(
+            "bench: {} / {} ({}, round {}) …",
+            suite.name,
+            scenario.name,
+            manager.kind.label(),
+            round + 1
+        );
+        match (scenario.run)(h, options) {
+            Ok(measurements) => report.add(suite.name, scenario.name, manager.kind, measurements),
             Err(e) => {
                 eprintln!("bench: {} failed: {e:#}", scenario.name);
                 // Later scenarios depend on this one's state: stop the daemon now, skip them.
                 harness = None;
-                ScenarioResult {
-                    scenario: scenario.name.to_string(),
-                    outcome: Outcome::Failed(format!("{e:#}")),
-                    measurements: Vec::new(),
-                }
+                report.problem(problem(scenario.name, "failed", format!("{e:#}")));
             }
-        };
-        results.push(result);
+        }
     }
-    drop(harness);
-    results
 }
 
 /// The workspace root (the parent of `xtask/`).
@@ -323,253 +362,6 @@ fn build(root: &Path) -> Result<PathBuf> {
         .context("cargo built no `pm2rs` executable")
 }
 
-/// `pm2rs --version`, if it answers.
-fn version(bin: &Path) -> Option<String> {
-    let harness = Harness::new(bin).ok()?;
-    let ran = harness
-        .run_unchecked(&["--version"], Stdout::Capture, Duration::from_secs(5))
-        .ok()?;
-    let text = ran.stdout.trim();
-    (ran.status.success() && !text.is_empty()).then(|| text.to_string())
-}
-
-/// The instances of [`APP`] in a listing.
-fn app_instances(list: &[ProcessInfo]) -> impl Iterator<Item = &ProcessInfo> {
-    list.iter().filter(|p| p.name == APP)
-}
-
-fn is_up(p: &ProcessInfo) -> bool {
-    p.status == Status::Online && p.pid.is_some()
-}
-
-/// Fails on an errored instance instead of waiting out the deadline for it.
-fn fail_if_errored(p: &ProcessInfo) -> Result<()> {
-    if p.status == Status::Errored {
-        bail!(
-            "instance {} ({}) is errored: {}",
-            p.id,
-            p.name,
-            p.reason
-                .as_deref()
-                .or(p.last_exit.as_deref())
-                .unwrap_or("no reason given")
-        );
-    }
-    Ok(())
-}
-
-/// Starts the daemon with `pm2rs ping` and reads its RSS right away.
-fn idle_daemon(h: &mut Harness, _options: &Options) -> Result<Vec<Measurement>> {
-    let ping = h.run(&["ping"], Stdout::Capture)?;
-    let daemon = h.daemon()?;
-    let rss = rss_bytes(daemon.pid)?;
-    Ok(vec![
-        Measurement::single(
-            "first `ping` (starts the daemon)",
-            Unit::Ms,
-            ms(ping.elapsed),
-            None,
-        ),
-        Measurement::single(
-            "daemon RSS, idle",
-            Unit::Mib,
-            mib(rss),
-            Some(TARGET_IDLE_RSS_MIB),
-        )
-        .with_note(format!(
-            "VmRSS of pid {} read right after the first `ping`",
-            daemon.pid
-        )),
-    ])
-}
-
-/// `pm2rs start ecosystem.toml` with 100 `sleep` instances, timed until `list --json` shows all of
-/// them online.
-fn start_instances(h: &mut Harness, _options: &Options) -> Result<Vec<Measurement>> {
-    let ecosystem = h.scratch().join("ecosystem.toml");
-    fs::write(
-        &ecosystem,
-        format!(
-            "# Written by `cargo xtask bench`.\n\
-             [[apps]]\n\
-             name = \"{APP}\"\n\
-             script = \"sleep\"\n\
-             args = [\"100000\"]\n\
-             interpreter = \"none\"\n\
-             instances = {INSTANCES}\n"
-        ),
-    )
-    .with_context(|| format!("writing {}", ecosystem.display()))?;
-    let path = ecosystem.to_string_lossy().into_owned();
-
-    let invoked = Instant::now();
-    let invoked_us = unix_micros();
-    let start = h.run(&["start", &path], Stdout::Capture)?;
-    let mut polls = 0_u32;
-    let list = poll_until(
-        &format!("{INSTANCES} instances of `{APP}` to be online"),
-        WAIT,
-        Duration::ZERO,
-        || {
-            polls += 1;
-            let list = h.list_json()?;
-            for p in app_instances(&list) {
-                fail_if_errored(p)?;
-            }
-            let up = app_instances(&list).filter(|p| is_up(p)).count();
-            Ok((up >= INSTANCES).then_some(list))
-        },
-    )?;
-    let all_online = invoked.elapsed();
-    let last_start = app_instances(&list).filter_map(|p| p.started_at_us).max();
-
-    let mut note = format!(
-        "`start` itself returned after {:.1} ms; online observed by polling `list --json` (polls: {polls}, \
-         each a CLI round trip, so the figure is an upper bound)",
-        ms(start.elapsed)
-    );
-    if let Some(last) = last_start {
-        let spawn_ms = (last as f64 - invoked_us as f64) / 1000.0;
-        note.push_str(&format!(
-            "; the last instance started {spawn_ms:.1} ms after `start` was invoked (started_at_us)"
-        ));
-    }
-    Ok(vec![
-        Measurement::single(
-            format!("start {INSTANCES} instances → all online"),
-            Unit::Ms,
-            ms(all_online),
-            Some(TARGET_START_100_MS),
-        )
-        .with_note(note),
-    ])
-}
-
-/// Daemon RSS with the 100 instances running.
-fn loaded_daemon(h: &mut Harness, _options: &Options) -> Result<Vec<Measurement>> {
-    let before = h.daemon()?;
-    let list = h.list_json()?;
-    let up = app_instances(&list).filter(|p| is_up(p)).count();
-    ensure!(
-        up == INSTANCES,
-        "expected {INSTANCES} online instances, found {up}"
-    );
-    let daemon = h.daemon()?;
-    ensure!(
-        daemon == before,
-        "the daemon changed (pid {} → {}) while measuring",
-        before.pid,
-        daemon.pid
-    );
-    let rss = rss_bytes(daemon.pid)?;
-    Ok(vec![Measurement::single(
-        format!("daemon RSS, {INSTANCES} instances"),
-        Unit::Mib,
-        mib(rss),
-        Some(TARGET_LOADED_RSS_MIB),
-    )])
-}
-
-/// `pm2rs list` (the human table, stdout to /dev/null) with the 100 instances loaded.
-fn list_round_trip(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
-    let runs = options.list_runs();
-    // One unmeasured run, so the first sample doesn't pay for cold page caches.
-    h.run(&["list"], Stdout::Discard)?;
-    let mut samples = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        harness::interrupted()?;
-        samples.push(ms(h.run(&["list"], Stdout::Discard)?.elapsed));
-    }
-    Ok(vec![
-        Measurement::repeated(
-            format!("`list` round trip, {INSTANCES} instances"),
-            Unit::Ms,
-            samples,
-            Some(TARGET_LIST_MS),
-        )
-        .with_note(
-            "spawn of the CLI until its exit, human table to /dev/null, one warm-up run not counted",
-        ),
-    ])
-}
-
-/// kill -9 of an online instance → its replacement online. The latency is the replacement's
-/// `started_at_us` minus the wall clock taken just before the `kill` syscall; how long the CLI took
-/// to *see* the replacement is reported too.
-fn crash_replacement(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
-    let runs = options.crash_runs();
-    let mut latencies = Vec::with_capacity(runs);
-    let mut observed = Vec::with_capacity(runs);
-    let mut restart_counter_mismatches = 0;
-    for round in 0..runs {
-        let list = h.list_json()?;
-        let up: Vec<&ProcessInfo> = app_instances(&list).filter(|p| is_up(p)).collect();
-        ensure!(!up.is_empty(), "no online instance of `{APP}` to kill");
-        // A different instance each round, so no instance's restart policy sees a crash loop.
-        let victim = up[round % up.len()];
-        let (id, old_pid, old_restarts) =
-            (victim.id, victim.pid.unwrap_or_default(), victim.restarts);
-        let process = ProcId::of(old_pid)
-            .with_context(|| format!("pid {old_pid} of instance {id} is not running"))?;
-        h.track(process);
-
-        let killed = Instant::now();
-        let killed_us = unix_micros();
-        signal::kill(Pid::from_raw(i32::try_from(old_pid)?), Signal::SIGKILL)
-            .with_context(|| format!("kill -9 {old_pid}"))?;
-
-        let replacement = poll_until(
-            &format!("instance {id} to be back online after kill -9 of pid {old_pid}"),
-            WAIT,
-            Duration::ZERO,
-            || {
-                let list = h.list_json()?;
-                let p = list
-                    .into_iter()
-                    .find(|p| p.id == id)
-                    .with_context(|| format!("instance {id} vanished from the list"))?;
-                fail_if_errored(&p)?;
-                Ok((is_up(&p) && p.pid != Some(old_pid)).then_some(p))
-            },
-        )?;
-        observed.push(ms(killed.elapsed()));
-        let started = replacement
-            .started_at_us
-            .with_context(|| format!("instance {id} is online without started_at_us"))?;
-        latencies.push((started as f64 - killed_us as f64) / 1000.0);
-        if replacement.restarts != old_restarts + 1 {
-            restart_counter_mismatches += 1;
-        }
-    }
-
-    let mut crash = Measurement::repeated(
-        "kill -9 → new pid started",
-        Unit::Ms,
-        latencies,
-        Some(TARGET_CRASH_MS),
-    )
-    .with_note(
-        "replacement's started_at_us minus the wall clock just before kill(2); each round kills a \
-         different instance",
-    );
-    if restart_counter_mismatches > 0 {
-        crash = crash.with_note(format!(
-            "replacement's started_at_us minus the wall clock just before kill(2); in \
-             {restart_counter_mismatches} of {runs} rounds `restarts` did not grow by exactly 1"
-        ));
-    }
-    Ok(vec![
-        crash,
-        Measurement::repeated(
-            "kill -9 → replacement seen by `list --json`",
-            Unit::Ms,
-            observed,
-            None,
-        )
-        .with_note("includes the round trips of the polling CLI, so it is an upper bound"),
-    ])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,12 +373,25 @@ mod tests {
         let quick = Options::parse(&args(&["--quick", "--bin", "x/pm2rs"])).unwrap();
         assert!(quick.quick);
         assert_eq!(quick.bin, Some(PathBuf::from("x/pm2rs")));
-        assert_eq!(quick.list_runs(), 10);
-        assert_eq!(Options::default().crash_runs(), 20);
-        assert!(Options::parse(&args(&["--fast"])).is_err());
-        assert!(Options::parse(&args(&["--bin"])).is_err());
-        let one = Options::parse(&args(&["--suite", "cluster"])).unwrap();
-        assert_eq!(one.suite.as_deref(), Some("cluster"));
-        assert!(Options::parse(&args(&["--suite", "nope"])).is_err());
+        assert_eq!((quick.rounds(), quick.reps(50, 10)), (1, 10));
+        assert_eq!(quick.command(), "cargo xtask bench --quick --bin x/pm2rs");
+        let compare = Options::parse(&args(&["--compare", "pm2", "--rounds", "5"])).unwrap();
+        assert!(compare.compare_pm2 && !compare.quick);
+        assert_eq!((compare.rounds(), compare.reps(50, 10)), (5, 50));
+        assert_eq!(
+            compare.command(),
+            "cargo xtask bench --compare pm2 --rounds 5"
+        );
+        assert_eq!(Options::default().rounds(), 3);
+        for bad in [
+            &["--fast"][..],
+            &["--bin"],
+            &["--compare"],
+            &["--compare", "oxmgr"],
+            &["--rounds", "0"],
+            &["--rounds", "x"],
+        ] {
+            assert!(Options::parse(&args(bad)).is_err(), "{bad:?}");
+        }
     }
 }

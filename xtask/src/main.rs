@@ -1,10 +1,11 @@
 //! Repository tasks for pm2rs, run as `cargo xtask <task>` (an alias defined in `.cargo/config.toml`).
 //!
 //! # Layout
-//! - `bench`: `cargo xtask bench [--quick]` builds the release binary and measures it (CLI round trip,
-//!   daemon memory, start and crash-replacement latency, cluster throughput and failed requests
-//!   during reload, side by side with PM2 when available) against the targets of "what fast means"
-//!   in the design notes. Prints a table and writes `target/bench/results.json`.
+//! - `bench`: `cargo xtask bench [--compare pm2] [--quick]` builds the release binary and measures it
+//!   (CLI round trip, daemon memory and idle CPU, start, crash-replacement and restart latency,
+//!   cluster throughput and failed requests during reload) against the targets of "what fast means" in the design notes, and with `--compare pm2` side by
+//!   side with PM2 (installed with npm under `target/bench/`). Prints a Markdown table and writes
+//!   `target/bench/results.md` and `target/bench/results.json`.
 //! - `ci`: `cargo xtask ci` is the whole check CI runs: formatting, clippy with warnings denied, and
 //!   every test of the workspace (unit, integration, tidy), in that order, stopping at the first failure.
 //! - `tidy` (tests only): repository rules checked by `cargo test -p xtask`, and so by
@@ -21,11 +22,15 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  bench [--quick] [--bin PATH] [--suite core|logs|cluster]
+  bench [--compare pm2] [--quick] [--rounds N] [--suite NAME] [--bin PATH]
                     build the release binary and measure it against the performance targets;
-                    --quick repeats the timed scenarios fewer times;
+                    --compare pm2 also measures PM2 (npm install into target/bench/pm2, reused),
+                      alternating with pm2rs round by round;
+                    --quick: fewer repetitions, 1 round, a 5 s idle-CPU window instead of 60 s;
+                    --rounds N runs each suite N times per manager (default 3; 1 with --quick);
+                    --suite runs one suite only (core, logs, cluster);
                     --bin benches PATH instead of building the release pm2rs;
-                    --suite runs one suite only
+                    writes target/bench/results.md and target/bench/results.json
   ci                cargo fmt --check, clippy -D warnings, and cargo test --workspace (what CI runs)
   help              show this text
 

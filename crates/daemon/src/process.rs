@@ -108,6 +108,35 @@ fn stat_field(pid: Pid, n: usize) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The figures `metrics` needs from one read of `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatSample {
+    /// User plus system CPU time, in clock ticks (fields 14 and 15).
+    pub cpu_ticks: u64,
+    /// Start time in clock ticks since boot (field 22): tells a reused pid apart.
+    pub start_ticks: u64,
+    /// Resident set size in pages (field 24).
+    pub rss_pages: u64,
+}
+
+/// Reads [`StatSample`] of `pid`, or None if the process is gone.
+pub fn stat_sample(pid: Pid) -> Option<StatSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3, so field n is item n - 3.
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .take(22)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let field = |n: usize| fields.get(n - 3).copied();
+    Some(StatSample {
+        cpu_ticks: field(14)? + field(15)?,
+        start_ticks: field(22)?,
+        rss_pages: field(24)?,
+    })
+}
+
 /// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
 pub fn start_ticks(pid: Pid) -> Option<u64> {
     stat_field(pid, 22)?.parse().ok()
@@ -183,6 +212,23 @@ pub fn parse_signal(name: &str) -> Signal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_sample_of_self_counts_cpu_and_memory() {
+        let me = Pid::this();
+        let before = stat_sample(me).unwrap();
+        // Burn some CPU time so the tick count has to move (one tick is 10 ms at 100 Hz).
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = stat_sample(me).unwrap();
+        assert!(after.cpu_ticks > before.cpu_ticks, "{before:?} {after:?}");
+        assert_eq!(after.start_ticks, start_ticks(me).unwrap());
+        assert!(after.rss_pages > 0);
+        assert_eq!(stat_sample(Pid::from_raw(i32::MAX)), None);
+    }
 
     #[test]
     fn start_ticks_of_self_is_stable_and_nonzero() {

@@ -1,11 +1,8 @@
-//! The cluster suite: HTTP throughput of a Node hello-world through a 2-instance pm2rs cluster
-//! against the same server as one plain process and, when PM2 is available, against PM2's cluster
-//! mode in the same run; then failed requests while `reload` runs under load, for both.
-//!
-//! PM2 is found through `$PM2RS_BENCH_PM2` (path of its `pm2` script), else `pm2` in `PATH`, else
-//! installed with `npm install pm2` under `target/bench/pm2` (never in the repository); it runs with
-//! its own `PM2_HOME` inside the suite's temp dir and is killed when the suite ends. Without Node the
-//! suite fails; without PM2 (and npm) its PM2 figures are left out with a note.
+//! The cluster suite: requests/s of a Node hello-world through a 2-instance cluster, and failed
+//! requests while `reload` replaces the instances under load. With `--compare pm2` the same runs
+//! against PM2's cluster mode (PM2's Node `cluster` module behind its daemon); pm2rs runs the same
+//! unmodified server with the port handed over by the daemon. The pm2rs runs also measure the same
+//! server as one plain `node` process, the baseline.
 //!
 //! The load generator is here too: threads on plain `TcpStream`s sending `GET /` for a fixed time,
 //! over keep-alive connections (reconnecting after `Connection: close`) or one connection per
@@ -14,7 +11,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,12 +21,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::harness::{self, Harness, ProcId, Stdout, poll_until};
-use super::report::{Measurement, Unit};
-use super::{Options, Scenario, Suite, WAIT, fail_if_errored, is_up, target_dir, workspace_root};
+use super::manager::{Cli, Kind};
+use super::report::{Measurement, Unit, ms};
+use super::{Options, Scenario, Suite, WAIT};
 
 /// The suite, listed in `bench::SUITES`.
 pub const SUITE: Suite = Suite {
     name: "cluster",
+    compare: true,
     scenarios: &[
         Scenario {
             name: "cluster throughput",
@@ -42,165 +41,150 @@ pub const SUITE: Suite = Suite {
     ],
 };
 
-/// Name of the pm2rs app (and of the PM2 one).
+/// Name of the app, for both managers.
 const APP: &str = "hello";
-/// Instances in both clusters.
-const INSTANCES: u32 = 2;
+/// Instances of the cluster.
+const INSTANCES: usize = 2;
 /// Keep-alive connections of the throughput load.
 const CONNECTIONS: usize = 8;
 /// One request may take this long before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The hello-world server; its port comes from `BENCH_PORT`.
-const SERVER_JS: &str = "const http = require('http');\n\
-    http.createServer((req, res) => res.end('hello world')).listen(Number(process.env.BENCH_PORT));\n";
+/// The hello-world server, unmodified Node `http` on a fixed port.
+fn server_js(port: u16) -> String {
+    format!(
+        "const http = require('http');\n\
+         http.createServer((req, res) => res.end('hello world')).listen({port});\n"
+    )
+}
 
 fn load_time(o: &Options) -> Duration {
     Duration::from_secs(if o.quick { 2 } else { 5 })
 }
 
-/// What the throughput scenario leaves running for the reload scenario.
-struct Clusters {
-    /// Port of the pm2rs cluster.
-    port: u16,
-    pm2: Option<Pm2>,
-}
+/// The port of the cluster the throughput scenario started, for the reload scenario.
+struct ClusterPort(u16);
 
-/// Requests/s of the three set-ups, each on its own port.
+/// Requests/s through the manager's 2-instance cluster (and, in pm2rs runs, of one plain process).
 fn throughput(h: &mut Harness, o: &Options) -> Result<Vec<Measurement>> {
-    let script = h.scratch().join("server.js");
-    std::fs::write(&script, SERVER_JS).context("writing server.js")?;
     let duration = load_time(o);
-
-    // The same server as one plain process.
-    let port = free_port()?;
-    let single = {
-        let mut node = NodeProcess::spawn(&script, port)?;
+    let note = format!(
+        "{CONNECTIONS} keep-alive connections for {}s from threads on the same machine; `GET /` of \
+         an unmodified Node `http` hello-world",
+        duration.as_secs()
+    );
+    let mut out = Vec::new();
+    if h.kind() == Kind::Pm2rs {
+        let port = free_port()?;
+        let script = h.scratch().join("single.js");
+        std::fs::write(&script, server_js(port)).context("writing single.js")?;
+        let mut node = NodeProcess::spawn(&script)?;
         h.track(node.id);
         wait_answering(port)?;
         let rps = measure(port, duration)?;
         node.stop();
-        rps
-    };
-
-    let port = start_pm2rs(h, &script)?;
-    let ours = measure(port, duration)?;
-
-    let pm2 = match Pm2::find_or_install(h.scratch()) {
-        Ok(Some(mut pm2)) => {
-            let port = pm2.start(&script)?;
-            let rps = measure(port, duration)?;
-            Some((rps, pm2))
-        }
-        Ok(None) => None,
-        Err(e) => {
-            eprintln!("bench: PM2 not available: {e:#}");
-            None
-        }
-    };
-    let note = format!(
-        "{CONNECTIONS} keep-alive connections for {}s from threads on the same machine; `GET /` of a \
-         Node `http` hello-world",
-        duration.as_secs()
-    );
-    let mut out = vec![
-        Measurement::at_least("Node hello-world, one process", Unit::PerSec, single, None)
-            .with_note(note.clone()),
-        Measurement::at_least(
-            format!("pm2rs cluster, {INSTANCES} instances"),
-            Unit::PerSec,
-            ours,
-            pm2.as_ref().map(|(rps, _)| *rps),
-        )
-        .with_note(format!(
-            "target: PM2's cluster mode in the same run{}",
-            if pm2.is_none() {
-                " (PM2 not available)"
-            } else {
-                ""
-            }
-        )),
-    ];
-    let pm2 = pm2.map(|(rps, pm2)| {
         out.push(
-            Measurement::at_least(
-                format!("PM2 cluster, {INSTANCES} instances"),
+            Measurement::single(
+                "Node hello-world, one plain process (no manager)",
                 Unit::PerSec,
                 rps,
                 None,
             )
-            .with_note(format!("PM2 {} from {}", pm2.version(), pm2.bin.display())),
+            .with_note(note.clone()),
         );
-        pm2
-    });
-    // Both clusters stay up for the reload scenario.
-    h.stash.push(Box::new(Clusters { port, pm2 }));
+    }
+    let port = start_cluster(h)?;
+    let rps = measure(port, duration)?;
+    h.stash.push(Box::new(ClusterPort(port)));
+    let how = match h.kind() {
+        Kind::Pm2rs => {
+            "pm2rs: exec_mode = \"cluster\", port handed over by the daemon (SO_REUSEPORT per instance)"
+        }
+        Kind::Pm2 => {
+            "PM2: `pm2 start server.js -i 2` (Node cluster module, round robin in PM2's daemon)"
+        }
+    };
+    out.push(
+        Measurement::single(
+            format!("Node hello-world, {INSTANCES}-instance cluster"),
+            Unit::PerSec,
+            rps,
+            None,
+        )
+        .with_note(format!("{note}; {how}")),
+    );
     Ok(out)
 }
 
-/// Failed requests while `reload` replaces both instances, with clients running flat out.
+/// Failed requests (target 0) while `reload` replaces every instance, clients running flat out.
 fn reload_under_load(h: &mut Harness, _o: &Options) -> Result<Vec<Measurement>> {
-    let h: &Harness = h;
-    let clusters = h
+    let port = h
         .stash
         .iter()
-        .find_map(|b| b.downcast_ref::<Clusters>())
-        .context("the throughput scenario did not start the clusters")?;
-    let ours = failures_during(clusters.port, || {
+        .find_map(|b| b.downcast_ref::<ClusterPort>())
+        .map(|p| p.0)
+        .context("the throughput scenario did not start the cluster")?;
+    let counts = failures_during(port, || {
         h.run(&["reload", APP], Stdout::Discard)?;
         Ok(())
     })?;
-    let mut out = vec![
+    Ok(vec![
         Measurement::single(
-            "pm2rs reload under load: failed requests",
-            Unit::Count,
-            ours.failed as f64,
+            "failed requests during `reload` under load",
+            Unit::Requests,
+            counts.failed as f64,
             Some(0.0),
         )
-        .with_note(ours.describe()),
-    ];
-    if let Some(pm2) = &clusters.pm2 {
-        let theirs = failures_during(pm2.port, || pm2.reload())?;
-        out.push(
-            Measurement::single(
-                "PM2 reload under load: failed requests",
-                Unit::Count,
-                theirs.failed as f64,
-                None,
-            )
-            .with_note(theirs.describe()),
-        );
-    }
-    Ok(out)
+        .with_note(counts.describe()),
+        Measurement::single(
+            "`reload` of the 2-instance cluster under load",
+            Unit::Ms,
+            ms(counts.reload),
+            None,
+        ),
+    ])
 }
 
-/// Starts the pm2rs cluster of `script`; returns its port once both instances are online and it
-/// answers.
-fn start_pm2rs(h: &mut Harness, script: &Path) -> Result<u16> {
+/// Starts the manager's cluster of the hello-world; returns its port once every instance is
+/// online and it answers.
+fn start_cluster(h: &mut Harness) -> Result<u16> {
     let port = free_port()?;
-    let eco = h.scratch().join("cluster.toml");
-    std::fs::write(
-        &eco,
-        format!(
-            "# Written by `cargo xtask bench`.\n[[apps]]\nname = \"{APP}\"\nscript = \"{}\"\n\
-             exec_mode = \"cluster\"\ninstances = {INSTANCES}\nport = {port}\n\
-             env = {{ BENCH_PORT = \"{port}\" }}\n",
-            script.display()
-        ),
-    )
-    .context("writing cluster.toml")?;
-    h.run(&["start", &eco.to_string_lossy()], Stdout::Discard)?;
+    let script = h.scratch().join("server.js");
+    std::fs::write(&script, server_js(port)).context("writing server.js")?;
+    let script = script.to_string_lossy().into_owned();
+    match h.kind() {
+        Kind::Pm2rs => {
+            let eco = h.scratch().join("cluster.toml");
+            std::fs::write(
+                &eco,
+                format!(
+                    "# Written by `cargo xtask bench`.\n[[apps]]\nname = \"{APP}\"\n\
+                     script = {script:?}\nexec_mode = \"cluster\"\ninstances = {INSTANCES}\n\
+                     port = {port}\n"
+                ),
+            )
+            .context("writing cluster.toml")?;
+            h.cli(Cli::Start(&eco.to_string_lossy()), Stdout::Discard)?;
+        }
+        Kind::Pm2 => {
+            let n = INSTANCES.to_string();
+            h.run(
+                &["start", &script, "--name", APP, "-i", &n],
+                Stdout::Discard,
+            )?;
+        }
+    }
     poll_until(
-        "the pm2rs cluster to be online",
+        "the cluster to be online",
         WAIT,
         Duration::from_millis(10),
         || {
-            let list = h.list_json()?;
+            let list = h.instances()?;
             let mine: Vec<_> = list.iter().filter(|p| p.name == APP).collect();
-            for p in &mine {
-                fail_if_errored(p)?;
+            if let Some(p) = mine.iter().find(|p| p.errored.is_some()) {
+                bail!("instance {} is errored: {:?}", p.id, p.errored);
             }
-            Ok((mine.len() == INSTANCES as usize && mine.iter().all(|p| is_up(p))).then_some(()))
+            Ok((mine.len() == INSTANCES && mine.iter().all(|p| p.online)).then_some(()))
         },
     )?;
     wait_answering(port)?;
@@ -230,10 +214,9 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn spawn(script: &Path, port: u16) -> Result<NodeProcess> {
+    fn spawn(script: &Path) -> Result<NodeProcess> {
         let child = Command::new("node")
             .arg(script)
-            .env("BENCH_PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -253,130 +236,6 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// PM2, driven through its CLI with a private `PM2_HOME`; killed on drop.
-pub struct Pm2 {
-    bin: PathBuf,
-    home: PathBuf,
-    port: u16,
-}
-
-impl Pm2 {
-    /// `None` when PM2 is not found and npm is not there to install it.
-    fn find_or_install(scratch: &Path) -> Result<Option<Pm2>> {
-        let home = scratch.join("pm2-home");
-        let make = |bin: PathBuf| Pm2 {
-            bin,
-            home: home.clone(),
-            port: 0,
-        };
-        if let Some(bin) = std::env::var_os("PM2RS_BENCH_PM2") {
-            return Ok(Some(make(PathBuf::from(bin))));
-        }
-        if let Some(bin) = in_path("pm2") {
-            return Ok(Some(make(bin)));
-        }
-        let prefix = target_dir(&workspace_root()).join("bench").join("pm2");
-        let bin = prefix.join("node_modules").join(".bin").join("pm2");
-        if bin.is_file() {
-            return Ok(Some(make(bin)));
-        }
-        let Some(npm) = in_path("npm") else {
-            return Ok(None);
-        };
-        eprintln!("bench: npm install pm2 into {}", prefix.display());
-        std::fs::create_dir_all(&prefix)?;
-        let status = Command::new(npm)
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                "--prefix",
-            ])
-            .arg(&prefix)
-            .arg("pm2")
-            .stdin(Stdio::null())
-            .status()
-            .context("running npm")?;
-        if !status.success() || !bin.is_file() {
-            bail!("`npm install pm2` failed ({status})");
-        }
-        Ok(Some(make(bin)))
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.env("PM2_HOME", &self.home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    fn run(&self, args: &[&str], env: &[(&str, String)]) -> Result<()> {
-        let out = self
-            .command()
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .with_context(|| format!("running {}", self.bin.display()))?;
-        if !out.status.success() {
-            bail!(
-                "`pm2 {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-
-    /// Starts the cluster; returns its port once it answers.
-    fn start(&mut self, script: &Path) -> Result<u16> {
-        self.port = free_port()?;
-        let script = script.to_string_lossy();
-        self.run(
-            &[
-                "start",
-                &script,
-                "--name",
-                APP,
-                "-i",
-                &INSTANCES.to_string(),
-            ],
-            &[("BENCH_PORT", self.port.to_string())],
-        )?;
-        wait_answering(self.port)?;
-        Ok(self.port)
-    }
-
-    fn reload(&self) -> Result<()> {
-        self.run(&["reload", APP], &[])
-    }
-
-    fn version(&self) -> String {
-        Command::new(&self.bin)
-            .arg("--version")
-            .env("PM2_HOME", &self.home)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "(version unknown)".into())
-    }
-}
-
-impl Drop for Pm2 {
-    fn drop(&mut self) {
-        let _ = self.command().arg("kill").output();
-    }
-}
-
-fn in_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 /// Requests/s over [`CONNECTIONS`] keep-alive connections for `duration`.

@@ -1,18 +1,23 @@
-//! The shared bench harness: one real `pm2rs` binary, one fresh `PM2RS_HOME`, and a guarantee that
-//! nothing it started outlives it.
+//! The shared bench harness: one process manager (the real `pm2rs` binary, or PM2 for `--compare
+//! pm2`), one fresh home (`PM2RS_HOME` / `PM2_HOME`), and a guarantee that nothing it started
+//! outlives it.
 //!
-//! [`Harness::run`] runs one CLI command with a deadline and measures its wall time from just before
+//! [`Harness::cli`] runs a manager-neutral [`Cli`] action (spelled for the harness's manager);
+//! [`Harness::run`] runs raw arguments (pm2rs-only suites use it). Both time one CLI command with a deadline and measures its wall time from just before
 //! `spawn` to the moment the kernel reports the exit (`waitid` with `WNOWAIT`, so the measurement
 //! includes neither pipe draining nor our own bookkeeping). Output goes to anonymous temp files, not
 //! pipes: a daemon started by the CLI inherits them and would otherwise hold a pipe open forever.
 //!
-//! Cleanup happens in `Drop`, so it also runs on `?` and on panic: `pm2rs kill`, then SIGKILL for
+//! [`Children`] finds a daemon's app processes by scanning `/proc`, independently of either manager's
+//! own bookkeeping, so "the new process runs" means the same thing for both.
+//!
+//! Cleanup happens in `Drop`, so it also runs on `?` and on panic: `<manager> kill`, then SIGKILL for
 //! the daemon and for every instance pid the bench ever saw, if they are still alive. A pid is only
 //! signalled if its start time still matches the one recorded when it was seen, so a reused pid is
 //! never hit. SIGINT/SIGTERM only set a flag ([`interrupted`]) that the polling loops turn into an
 //! error, so Ctrl-C also ends in the same cleanup.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Seek};
 use std::os::unix::fs::PermissionsExt;
@@ -28,8 +33,10 @@ use nix::errno::Errno;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
-use pm2rs_proto::{HOME_ENV, PID_FILE, ProcessInfo, SOCKET_FILE};
+use pm2rs_proto::ProcessInfo;
 use tempfile::TempDir;
+
+use super::manager::{App, Cli, Instance, Kind, Manager};
 
 /// How long one CLI command may take before it is killed and counted as a failure.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -132,6 +139,113 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The fields of `/proc/<pid>/stat` that [`Children`] reads.
+#[derive(Debug, PartialEq, Eq)]
+struct StatFields<'a> {
+    comm: &'a str,
+    state: char,
+    ppid: u32,
+    start_ticks: u64,
+}
+
+fn parse_stat(stat: &str) -> Option<StatFields<'_>> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?;
+    let mut rest = stat[close + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(StatFields {
+        comm,
+        state,
+        ppid,
+        start_ticks: parse_start_ticks(stat)?,
+    })
+}
+
+/// CPU time (`utime + stime`, fields 14 and 15 of `/proc/<pid>/stat`) of `pid`, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    parse_cpu_ticks(&stat).with_context(|| format!("no utime/stime in /proc/{pid}/stat"))
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // After ")": field 3 is the first; utime (14) is the 12th, stime (15) the 13th.
+    let utime: u64 = rest.nth(11)?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of [`cpu_ticks`].
+pub fn clock_ticks_per_second() -> Result<u64> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .context("sysconf(_SC_CLK_TCK)")?
+        .context("_SC_CLK_TCK is not defined")?;
+    u64::try_from(ticks).context("negative _SC_CLK_TCK")
+}
+
+/// The live children of one process that run a given program, found by scanning `/proc` (the
+/// kernel may not offer `/proc/<pid>/task/<tid>/children`). A child counts once its command name
+/// is the program's, i.e. once it has `exec`ed it; zombies (killed, not yet reaped) don't count.
+/// Processes known not to be children are remembered while their pid lives, so a scan only reads
+/// the `stat` of processes it has not classified yet and of the children.
+pub struct Children {
+    parent: ProcId,
+    comm: String,
+    others: HashSet<u32>,
+}
+
+impl Children {
+    /// Children of `parent` whose command name (`/proc/<pid>/comm`, at most 15 bytes) is `comm`.
+    pub fn new(parent: ProcId, comm: &str) -> Children {
+        Children {
+            parent,
+            comm: comm.chars().take(15).collect(),
+            others: HashSet::new(),
+        }
+    }
+
+    /// The matching children right now, with their start times, except the pids in `known`, which
+    /// are skipped without reading their `stat` (the cheap scan for "has a new child appeared?").
+    pub fn scan_except(&mut self, known: &HashSet<u32>) -> Result<Vec<ProcId>> {
+        let mut found = Vec::new();
+        let mut others = HashSet::with_capacity(self.others.len());
+        for entry in fs::read_dir("/proc").context("listing /proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            // A pid is classified once and trusted while it stays listed from one scan to the
+            // next: pids are handed out in increasing order, so one that ends is not reused by
+            // a new child of the daemon within the milliseconds between two scans.
+            if self.others.contains(&pid) {
+                others.insert(pid);
+                continue;
+            }
+            if known.contains(&pid) {
+                continue;
+            }
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue; // it ended meanwhile
+            };
+            let Some(fields) = parse_stat(&stat) else {
+                continue;
+            };
+            if fields.ppid != self.parent.pid {
+                others.insert(pid);
+            } else if fields.comm == self.comm && !matches!(fields.state, 'Z' | 'X') {
+                found.push(ProcId {
+                    pid,
+                    start_ticks: fields.start_ticks,
+                });
+            }
+        }
+        self.others = others;
+        Ok(found)
+    }
+}
+
 /// Resident set size in bytes of `pid`, from `VmRSS` in `/proc/<pid>/status`.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
@@ -172,15 +286,16 @@ pub enum Stdout {
     Discard,
 }
 
-/// One fresh `PM2RS_HOME` driven through the real binary. Dropping it stops everything it started.
+/// One manager with a fresh home, driven through its real CLI. Dropping it stops everything it
+/// started.
 pub struct Harness {
-    bin: PathBuf,
+    manager: Manager,
     /// Holds `home/` and the scenarios' scratch files; removed on drop, after cleanup.
     dir: TempDir,
     home: PathBuf,
     /// The daemon, once [`Harness::daemon`] has seen it.
     daemon: Option<ProcId>,
-    /// Every instance pid seen in `list --json`, for cleanup.
+    /// Every instance pid seen in a listing or a [`Children`] scan, for cleanup.
     seen: HashMap<u32, ProcId>,
     /// What a scenario leaves for later ones of its suite; dropped with the harness (after the
     /// cleanup above), so anything that stops a process on drop stops it then.
@@ -188,8 +303,8 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// A harness for `bin` with an empty home (mode 0700, as the daemon expects). Starts nothing.
-    pub fn new(bin: &Path) -> Result<Harness> {
+    /// A harness for `manager` with an empty home (mode 0700, as pm2rs expects). Starts nothing.
+    pub fn new(manager: &Manager) -> Result<Harness> {
         let dir = tempfile::Builder::new()
             .prefix("pm2rs-bench-")
             .tempdir()
@@ -199,7 +314,7 @@ impl Harness {
         fs::set_permissions(&home, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("making {} private", home.display()))?;
         Ok(Harness {
-            bin: bin.to_path_buf(),
+            manager: manager.clone(),
             dir,
             home,
             daemon: None,
@@ -213,6 +328,76 @@ impl Harness {
         self.dir.path()
     }
 
+    /// The manager's home (`PM2RS_HOME` / `PM2_HOME`), for suites that read its files (logs).
+    #[allow(
+        dead_code,
+        reason = "harness API for the suites of other files (logs, cluster)"
+    )]
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Which manager this harness drives.
+    pub fn kind(&self) -> Kind {
+        self.manager.kind
+    }
+
+    /// Runs a manager-neutral action, spelled for this harness's manager; like [`Harness::run`].
+    pub fn cli(&self, action: Cli<'_>, stdout: Stdout) -> Result<Ran> {
+        let args = self.manager.args(action);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args, stdout)
+    }
+
+    /// Writes `<stem>.toml` (pm2rs) or `<stem>.json` (PM2) starting `apps` in the scratch dir;
+    /// returns its path.
+    pub fn write_ecosystem(&self, stem: &str, apps: &[App<'_>]) -> Result<String> {
+        let (extension, text) = self.manager.ecosystem(apps);
+        let path = self.scratch().join(format!("{stem}.{extension}"));
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
+    /// Every instance, from the manager's JSON listing ([`Cli::ListJson`]); remembers every pid it
+    /// shows for cleanup.
+    pub fn instances(&mut self) -> Result<Vec<Instance>> {
+        let ran = self.cli(Cli::ListJson, Stdout::Capture)?;
+        let list = self
+            .manager
+            .parse_instances(&ran.stdout)
+            .with_context(|| format!("listing printed: {}", head(&ran.stdout, 300)))?;
+        for pid in list.iter().filter_map(|p| p.pid) {
+            self.remember(pid);
+        }
+        Ok(list)
+    }
+
+    /// The matching children of the daemon right now (see [`Children::scan_except`]); remembers them for cleanup.
+    pub fn scan(&mut self, children: &mut Children) -> Result<Vec<ProcId>> {
+        self.scan_except(children, &HashSet::new())
+    }
+
+    /// [`Children::scan_except`]; remembers what it finds for cleanup.
+    pub fn scan_except(
+        &mut self,
+        children: &mut Children,
+        known: &HashSet<u32>,
+    ) -> Result<Vec<ProcId>> {
+        let found = children.scan_except(known)?;
+        for id in &found {
+            self.seen.entry(id.pid).or_insert(*id);
+        }
+        Ok(found)
+    }
+
+    fn remember(&mut self, pid: u32) {
+        if !self.seen.contains_key(&pid)
+            && let Some(id) = ProcId::of(pid)
+        {
+            self.seen.insert(pid, id);
+        }
+    }
+
     /// Runs `pm2rs <args>` with this home and a deadline; fails if it can't run, times out, or exits
     /// non-zero (with its stderr in the error).
     pub fn run(&self, args: &[&str], stdout: Stdout) -> Result<Ran> {
@@ -221,7 +406,8 @@ impl Harness {
         interrupted()?;
         if !ran.status.success() {
             bail!(
-                "`pm2rs {}` failed ({}): {}",
+                "`{} {}` failed ({}): {}",
+                self.manager.kind.label(),
                 args.join(" "),
                 ran.status,
                 tail(&ran.stderr, 20)
@@ -237,10 +423,10 @@ impl Harness {
             Stdout::Capture => Some(tempfile::tempfile_in(self.dir.path())?),
             Stdout::Discard => None,
         };
-        let mut command = Command::new(&self.bin);
+        let mut command = Command::new(&self.manager.program);
         command
             .args(args)
-            .env(HOME_ENV, &self.home)
+            .env(self.manager.home_env(), &self.home)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stderr(err_file.try_clone()?)
@@ -269,7 +455,8 @@ impl Harness {
             Err(e) => {
                 drop(tx);
                 let _ = watchdog.join();
-                return Err(e).with_context(|| format!("running {}", self.bin.display()));
+                return Err(e)
+                    .with_context(|| format!("running {}", self.manager.program.display()));
             }
         };
         let pid = pid_of(child.id());
@@ -288,7 +475,8 @@ impl Harness {
         let stderr = read_back(err_file)?;
         if timed_out {
             bail!(
-                "`pm2rs {}` did not finish within {timeout:?} and was killed: {}",
+                "`{} {}` did not finish within {timeout:?} and was killed: {}",
+                self.manager.kind.label(),
                 args.join(" "),
                 tail(&stderr, 20)
             );
@@ -305,8 +493,16 @@ impl Harness {
         })
     }
 
-    /// `pm2rs list --json`, parsed; remembers every pid it shows for cleanup.
+    /// `pm2rs list --json`, parsed, with every field pm2rs reports (pm2rs-only suites; a suite that
+    /// also runs against PM2 uses [`Harness::instances`]); remembers every pid it shows for cleanup.
+    #[allow(
+        dead_code,
+        reason = "harness API for the suites of other files (logs, cluster)"
+    )]
     pub fn list_json(&mut self) -> Result<Vec<ProcessInfo>> {
+        if self.manager.kind != Kind::Pm2rs {
+            bail!("list_json is pm2rs-only; use Harness::instances");
+        }
         let ran = self.run(&["list", "--json"], Stdout::Capture)?;
         let list: Vec<ProcessInfo> = serde_json::from_str(&ran.stdout).with_context(|| {
             format!(
@@ -315,18 +511,14 @@ impl Harness {
             )
         })?;
         for pid in list.iter().filter_map(|p| p.pid) {
-            if !self.seen.contains_key(&pid)
-                && let Some(id) = ProcId::of(pid)
-            {
-                self.seen.insert(pid, id);
-            }
+            self.remember(pid);
         }
         Ok(list)
     }
 
-    /// The daemon, from `$PM2RS_HOME/pm2rs.pid` (waiting up to 5 s for the file to appear).
+    /// The daemon, from its pid file in the home (waiting up to 5 s for the file to appear).
     pub fn daemon(&mut self) -> Result<ProcId> {
-        let path = self.home.join(PID_FILE);
+        let path = self.home.join(self.manager.pid_file());
         let pid = poll_until(
             &format!("{} to name a live process", path.display()),
             Duration::from_secs(5),
@@ -338,6 +530,10 @@ impl Harness {
     }
 
     /// Records `id` for cleanup (a pid the bench is about to act on).
+    #[allow(
+        dead_code,
+        reason = "harness API for the suites of other files (logs, cluster)"
+    )]
     pub fn track(&mut self, id: ProcId) {
         self.seen.insert(id.pid, id);
     }
@@ -345,23 +541,31 @@ impl Harness {
     /// Stops everything this harness may have started. Errors are printed, not returned: this runs
     /// from `Drop`, possibly while unwinding.
     fn cleanup(&mut self) {
-        let pid_file = self.home.join(PID_FILE);
+        let pid_file = self.home.join(self.manager.pid_file());
         let mut daemons: Vec<ProcId> = self
             .daemon
             .into_iter()
             .chain(read_pid(&pid_file).and_then(ProcId::of))
             .collect();
         daemons.dedup();
-        let ever_started = !daemons.is_empty() || self.home.join(SOCKET_FILE).exists();
+        // Anything in the home means a CLI ran and may have started a daemon.
+        let ever_started = !daemons.is_empty()
+            || fs::read_dir(&self.home).is_ok_and(|mut entries| entries.next().is_some());
         if ever_started {
-            match self.run_unchecked(&["kill"], Stdout::Discard, Duration::from_secs(15)) {
+            let kill = self.manager.args(Cli::Kill);
+            let kill: Vec<&str> = kill.iter().map(String::as_str).collect();
+            match self.run_unchecked(&kill, Stdout::Discard, Duration::from_secs(30)) {
                 Ok(ran) if ran.status.success() => {}
                 Ok(ran) => eprintln!(
-                    "bench cleanup: `pm2rs kill` failed ({}): {}",
+                    "bench cleanup: `{} kill` failed ({}): {}",
+                    self.manager.kind.label(),
                     ran.status,
                     tail(&ran.stderr, 5)
                 ),
-                Err(e) => eprintln!("bench cleanup: `pm2rs kill` failed: {e:#}"),
+                Err(e) => eprintln!(
+                    "bench cleanup: `{} kill` failed: {e:#}",
+                    self.manager.kind.label()
+                ),
             }
         }
         // Give the daemon a moment to stop its apps and exit by itself, then insist.
@@ -372,8 +576,9 @@ impl Harness {
         for daemon in &daemons {
             if daemon.is_alive() {
                 eprintln!(
-                    "bench cleanup: daemon {} still alive after `pm2rs kill`; sending SIGKILL",
-                    daemon.pid
+                    "bench cleanup: daemon {} still alive after `{} kill`; sending SIGKILL",
+                    daemon.pid,
+                    self.manager.kind.label()
                 );
                 daemon.kill_if_alive();
             }
@@ -442,6 +647,54 @@ mod tests {
         let stat = "4242 (we ird) cmd)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200";
         assert_eq!(parse_start_ticks(stat), Some(987_654));
         assert_eq!(parse_start_ticks("12 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn stat_fields_and_cpu_time() {
+        let stat = "4242 (sle ep)) Z 77 4242 4242 0 -1 4194560 100 0 0 0 13 8 0 0 20 0 1 0 987654 1000 200";
+        let fields = parse_stat(stat).unwrap();
+        assert_eq!(fields.comm, "sle ep)");
+        assert_eq!((fields.state, fields.ppid), ('Z', 77));
+        assert_eq!(fields.start_ticks, 987_654);
+        assert_eq!(parse_cpu_ticks(stat), Some(21));
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn children_are_found_once_they_run_the_program() {
+        let me = ProcId::of(std::process::id()).unwrap();
+        let mut children = Children::new(me, "sleep");
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let found = poll_until(
+            "the sleep child",
+            Duration::from_secs(10),
+            Duration::ZERO,
+            || {
+                Ok(children
+                    .scan_except(&HashSet::new())?
+                    .into_iter()
+                    .find(|p| p.pid == pid))
+            },
+        );
+        let _ = child.kill();
+        // Killed but not reaped: a zombie, which must not count as running.
+        let zombie = poll_until(
+            "the zombie",
+            Duration::from_secs(10),
+            Duration::ZERO,
+            || {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+                Ok((parse_stat(&stat).map(|f| f.state) == Some('Z')).then_some(()))
+            },
+        );
+        let after = children.scan_except(&HashSet::new()).unwrap();
+        let _ = child.wait();
+        assert!(found.is_ok(), "{found:?}");
+        assert!(zombie.is_ok(), "{zombie:?}");
+        assert!(after.iter().all(|p| p.pid != pid), "{after:?}");
+        assert!(cpu_ticks(me.pid).is_ok());
+        assert!(clock_ticks_per_second().unwrap() > 0);
     }
 
     #[test]
