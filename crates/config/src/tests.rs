@@ -1154,6 +1154,16 @@ fn port_on_the_command_line_means_cluster_mode() {
     let app = app_from_script_with("app.js", &opts, Some(&fx.path_var)).unwrap();
     assert_eq!(app.exec_mode, ExecMode::Cluster);
     assert_eq!(app.listen, vec!["0.0.0.0:8085".parse().unwrap()]);
+    // As with PM2, `-i` alone puts a Node script in cluster mode, not other scripts.
+    let node = ScriptOptions {
+        port: None,
+        ..opts.clone()
+    };
+    let app = app_from_script_with("app.js", &node, Some(&fx.path_var)).unwrap();
+    assert_eq!((app.exec_mode, app.listen.len()), (ExecMode::Cluster, 0));
+    fx.file("tool.py", "print(1)\n");
+    let app = app_from_script_with("tool.py", &node, Some(&fx.path_var)).unwrap();
+    assert_eq!(app.exec_mode, ExecMode::Fork);
     let bad = ScriptOptions {
         port: Some("http".into()),
         ..opts

@@ -126,6 +126,20 @@ fn node_instances_share_a_fixed_port_without_code_changes() {
 }
 
 #[test]
+fn start_node_script_with_i_shares_its_port_as_pm2_cluster_mode_does() {
+    let t = Pm2rs::new();
+    let port = free_port();
+    t.write("server.js", &node_server(port));
+    // No ecosystem, no --port: `-i` puts a Node script in cluster mode and the shim gets the port
+    // it listens on from the daemon, so no instance dies of EADDRINUSE.
+    t.ok(&["start", "server.js", "-i", "2"]);
+    let procs = t.wait_online("server", 2);
+    assert!(procs.iter().all(|p| p.restarts == 0), "{procs:#?}");
+    let pids = wait_for_pids(port, 2);
+    assert!(pids.is_subset(&pid_set(&t, "server")));
+}
+
+#[test]
 fn the_node_cluster_tutorial_runs_unchanged_under_instances_max() {
     let t = Pm2rs::new();
     let port = free_port();
