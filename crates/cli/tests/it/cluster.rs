@@ -523,3 +523,24 @@ fn instance_var_and_increment_var_number_the_instances() {
         );
     }
 }
+
+#[test]
+fn an_undeclared_port_in_use_elsewhere_is_the_node_apps_eaddrinuse() {
+    let t = Pm2rs::new();
+    let other = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = other.local_addr().unwrap().port();
+    t.write("server.js", &node_server(port));
+    start_cluster(&t, "web", "server.js", "max_restarts = 1\n");
+    t.wait_for("errored", DEADLINE, |ps| {
+        ps.iter().any(|p| p.status == Status::Errored)
+    });
+    let log = t.home().join("logs/web-error.log");
+    assert!(
+        eventually(DEADLINE, || std::fs::read_to_string(&log).is_ok_and(|s| s
+            .contains("EADDRINUSE")
+            && s.contains("already in use"))),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    drop(other);
+}

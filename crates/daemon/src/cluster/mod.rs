@@ -35,6 +35,10 @@ use self::listeners::AppSockets;
 /// The preload shim for Node apps.
 pub const NODE_SHIM: &str = include_str!("node_shim.js");
 
+/// Most sockets one app may get by asking over IPC (each instance holds one per port): a runaway
+/// app cannot make the daemon bind every port of the machine.
+pub const MAX_REQUESTED_PORTS: usize = 16;
+
 /// Capacity of the notice channel; readers wait when the supervisor is behind.
 pub const NOTICE_QUEUE: usize = 256;
 
@@ -286,7 +290,11 @@ impl Cluster {
             Err("not in cluster mode".to_string())
         } else {
             let bound = self.requested.entry(spec.name.clone()).or_default();
+            let full = bound.len() >= MAX_REQUESTED_PORTS;
             let sockets = match bound.entry(addr) {
+                std::collections::btree_map::Entry::Vacant(_) if full => Err(format!(
+                    "an app may ask for at most {MAX_REQUESTED_PORTS} ports; declare them with `listen`"
+                )),
                 std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
                 std::collections::btree_map::Entry::Vacant(e) => {
                     AppSockets::bind(&[addr], spec.cluster_socket, &[]).map(|s| e.insert(s))
