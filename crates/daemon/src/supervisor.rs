@@ -36,7 +36,7 @@ use tracing::{debug, error, info, warn};
 use crate::cluster::reload::{self, NewState, Reload};
 use crate::cluster::{self, Cluster, Notice, ipc::NodeMessage};
 use crate::lifecycle::{self, Event};
-use crate::logs::LogHub;
+use crate::logs::{Drained, LogHub};
 use crate::policy::{self, Decision, ExitReason, RestartHistory, RestartPolicy};
 use crate::process::{self, SpawnInput, Tracked};
 
@@ -201,6 +201,20 @@ enum DeadlineKind {
 /// How often a draining group is checked when no SIGCHLD tells us first.
 const DRAIN_RECHECK: Duration = Duration::from_millis(20);
 
+/// How long a stop waits, once the group is empty, for the instance's pipes to be drained while
+/// nothing more gets written. The pipes close with the group's last member; only a process that
+/// left the group (setsid) can keep them open, and it must not hold `stop` for long.
+const PIPE_GRACE: Duration = Duration::from_secs(1);
+
+/// A stop whose leader has exited, waiting for the rest of its group and for its pipes.
+#[derive(Debug, Clone, Copy)]
+struct Draining {
+    pgid: Pid,
+    /// Bytes the drains had written when last checked, and when that count last moved.
+    written: u64,
+    progress_at: Instant,
+}
+
 /// One instance.
 struct Proc {
     id: u32,
@@ -213,8 +227,11 @@ struct Proc {
     reason: Option<String>,
     last_exit: Option<String>,
     deadline: Option<(Instant, DeadlineKind)>,
-    /// Set while stopping, after the leader exited, until its process group is empty.
-    draining: Option<Pid>,
+    /// Set while stopping, after the leader exited, until its process group is empty and its
+    /// output pipes are drained (bounded by [`PIPE_GRACE`]).
+    draining: Option<Draining>,
+    /// The log pipes of the current (or last) run.
+    pipes: Option<Drained>,
     out_log: PathBuf,
     err_log: PathBuf,
     /// The last `STATUS=` of the current run.
@@ -317,6 +334,7 @@ impl Supervisor {
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> std::io::Result<()> {
         let mut sigchld = signal(SignalKind::child())?;
         let mut notices = self.notices.take().unwrap_or_else(|| mpsc::channel(1).1);
+        let logs = self.logs.clone();
         // Reap anything that exited before we were listening (e.g. adopted orphans).
         self.reap_all();
         loop {
@@ -330,6 +348,7 @@ impl Supervisor {
                     None => break,
                 },
                 _ = sigchld.recv() => self.reap_all(),
+                () = logs.drain_ended() => self.check_draining(),
                 () = sleep_until_opt(deadline) => self.fire_deadlines(),
                 Some(notice) = notices.recv() => self.on_notice(notice),
             }
@@ -555,6 +574,7 @@ impl Supervisor {
                 last_exit: None,
                 deadline: None,
                 draining: None,
+                pipes: None,
                 out_log: PathBuf::new(),
                 err_log: PathBuf::new(),
                 notify_status: None,
@@ -619,8 +639,8 @@ impl Supervisor {
                             handoff: Some(&prepared.handoff),
                         };
                         let tracked = process::spawn(input)?;
-                        self.logs.start(capture, tracked.pid.as_raw() as u32);
-                        Ok(tracked)
+                        let drained = self.logs.start(capture, tracked.pid.as_raw() as u32);
+                        Ok((tracked, drained))
                     })
             }
         };
@@ -629,7 +649,8 @@ impl Supervisor {
         p.deadline = None;
         self.dirty = true;
         match result {
-            Ok(tracked) => {
+            Ok((tracked, drained)) => {
+                p.pipes = Some(drained);
                 p.run = Some(Run {
                     tracked,
                     started: Instant::now(),
@@ -708,9 +729,22 @@ impl Supervisor {
     /// Finishes the stop of every instance whose process group has emptied.
     fn check_draining(&mut self) {
         for p in self.procs.values_mut() {
-            if let Some(pgid) = p.draining
-                && !process::group_alive(pgid)
+            let Some(draining) = p.draining.as_mut() else {
+                continue;
+            };
+            if let Some(pipes) = &p.pipes
+                && pipes.written() != draining.written
             {
+                draining.written = pipes.written();
+                draining.progress_at = Instant::now();
+            }
+            let pipes_done = p.pipes.as_ref().is_none_or(Drained::is_done);
+            if !process::group_alive(draining.pgid)
+                && (pipes_done || draining.progress_at.elapsed() >= PIPE_GRACE)
+            {
+                if !pipes_done {
+                    warn!(id = p.id, app = %p.app, "a process outside the group keeps the log pipes open; stopped without waiting for them");
+                }
                 p.draining = None;
                 p.deadline = None;
                 transition(p, Event::StoppedExit);
@@ -735,9 +769,15 @@ impl Supervisor {
         let uptime = run.started.elapsed();
         p.last_exit = Some(process::describe_exit(exit));
         if p.status == Status::Stopping {
-            if group_left {
-                // Stopped only once the group is empty, so `stop` never returns with a member alive.
-                p.draining = Some(run.tracked.pid);
+            let pipes_open = p.pipes.as_ref().is_some_and(|d| !d.is_done());
+            if group_left || pipes_open {
+                // Stopped only once the group is empty, so `stop` never returns with a member
+                // alive, and once its output is in the log files.
+                p.draining = Some(Draining {
+                    pgid: run.tracked.pid,
+                    written: p.pipes.as_ref().map_or(0, Drained::written),
+                    progress_at: Instant::now(),
+                });
                 p.deadline = Some((Instant::now() + DRAIN_RECHECK, DeadlineKind::Drain));
             } else {
                 p.deadline = None;
@@ -812,7 +852,7 @@ impl Supervisor {
                     }
                 }
                 DeadlineKind::Drain => {
-                    if let Some(pgid) = p.draining {
+                    if let Some(Draining { pgid, .. }) = p.draining {
                         let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
                         p.deadline = Some((now + DRAIN_RECHECK, DeadlineKind::Drain));
                     }

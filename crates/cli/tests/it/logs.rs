@@ -12,6 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::harness::{DEADLINE, Pm2rs, eventually, wait_with_timeout};
+use pm2rs_proto::Status;
 
 /// Longer deadline for the floods (a debug-build daemon on a loaded 2-core machine).
 const FLOOD_DEADLINE: Duration = Duration::from_secs(60);
@@ -57,6 +58,73 @@ fn a_flood_of_a_million_lines_arrives_whole_and_in_order() {
     let text = read(&out);
     let body = text.strip_suffix("no newline at exit\n").unwrap();
     assert_numbered(body, FLOOD);
+}
+
+#[test]
+fn when_stop_returns_everything_the_app_wrote_is_in_the_file() {
+    let t = Pm2rs::new();
+    // On SIGINT it writes 200,000 lines and exits: the pipe is still full when the process is
+    // gone, and JSON lines make the daemon's share of the work large enough to lose a race
+    // against a `stop` that returned early.
+    t.script(
+        "farewell.sh",
+        "trap 'seq 1 200000; exit 0' INT; echo started; while :; do sleep 0.05; done",
+    );
+    t.write(
+        "eco.toml",
+        r#"
+[[apps]]
+name = "farewell"
+script = "farewell.sh"
+log_type = "json"
+log_max_size = 0
+"#,
+    );
+    t.ok(&["start", "eco.toml"]);
+    let out = logs_dir(&t).join("farewell-out.log");
+    t.wait_online("farewell", 1);
+    assert!(eventually(DEADLINE, || read(&out).contains("started")));
+    t.ok(&["stop", "farewell"]);
+    // No polling: the file is complete when `stop` returns.
+    let messages: Vec<String> = read(&out)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            v["message"].as_str().unwrap_or_default().to_string()
+        })
+        .skip(1)
+        .collect();
+    assert_numbered(&messages.join("\n"), 200_000);
+}
+
+#[test]
+fn a_process_that_left_the_group_does_not_hold_stop_by_its_log_pipes() {
+    /// Kills the escaped process however the test ends.
+    struct KillOnDrop(PathBuf);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0)
+                .unwrap_or_default()
+                .trim()
+                .parse()
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+    let t = Pm2rs::new();
+    // A new session of its own: the group kill cannot reach it, and it keeps stdout open.
+    t.script(
+        "escape.sh",
+        "setsid sleep 1000 & echo $! > escaped.pid; echo up; exec sleep 1000",
+    );
+    let _guard = KillOnDrop(t.work().join("escaped.pid"));
+    t.ok(&["start", "escape.sh", "--name", "escape"]);
+    let out = logs_dir(&t).join("escape-out.log");
+    assert!(eventually(DEADLINE, || read(&out).contains("up")));
+    // `stop` returns (within the harness's CLI timeout) although the pipes never close.
+    t.ok(&["stop", "escape"]);
+    assert_eq!(t.list()[0].status, Status::Stopped);
 }
 
 #[test]

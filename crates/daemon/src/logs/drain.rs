@@ -9,6 +9,7 @@
 //! pipe is gone, grandchildren included) a partial last line is written with a newline added.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub struct Drain {
     pub followers: broadcast::Sender<Arc<Batch>>,
     /// Cancelled when the daemon exits: a write that keeps failing is given up then.
     pub closing: CancellationToken,
+    /// Bytes written so far by the drains of this run, watched by a stop that waits for them.
+    pub written: Arc<AtomicU64>,
 }
 
 impl Drain {
@@ -206,7 +209,11 @@ impl Drain {
                 };
                 data = back;
                 match r {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.written
+                            .fetch_add((data.len() - from) as u64, Ordering::Relaxed);
+                        break;
+                    }
                     Err(n) => {
                         from += n;
                         if self.closing.is_cancelled() {

@@ -23,14 +23,14 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::OFlag;
 use pm2rs_proto::{AppSpec, LogDefaults, LogStream};
 use tokio::net::unix::pipe;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -176,6 +176,26 @@ impl LineFormat {
     }
 }
 
+/// Whether one run's pipes are drained: both reached end of file and all they carried is written
+/// (or given up on because the daemon is exiting).
+#[derive(Debug, Clone)]
+pub struct Drained {
+    open: Arc<AtomicUsize>,
+    written: Arc<AtomicU64>,
+}
+
+impl Drained {
+    pub fn is_done(&self) -> bool {
+        self.open.load(Ordering::Acquire) == 0
+    }
+
+    /// Bytes written to the log files so far: tells a drain still at work from a pipe that some
+    /// escaped process keeps open without writing.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
 /// The read ends of one instance's pipes, from before its spawn until its drains start.
 pub struct Capture {
     out_read: OwnedFd,
@@ -200,6 +220,8 @@ struct Inner {
     /// Subscribers are the log-stream handlers; nobody listening is the common case.
     followers: broadcast::Sender<Arc<Batch>>,
     drains: TaskTracker,
+    /// Woken whenever a drain ends, so the supervisor can finish stops waiting on it.
+    drain_ended: Notify,
     /// Cancelled by [`LogHub::finish`]: drains stop retrying writes that keep failing.
     closing: CancellationToken,
 }
@@ -214,6 +236,7 @@ impl LogHub {
                 generation: Arc::new(AtomicU64::new(0)),
                 followers: broadcast::channel(FOLLOWER_BACKLOG).0,
                 drains: TaskTracker::new(),
+                drain_ended: Notify::new(),
                 closing: CancellationToken::new(),
             }),
         }
@@ -256,8 +279,9 @@ impl LogHub {
         Ok((stdout, stderr, capture))
     }
 
-    /// Starts draining a spawned instance's pipes (`pid` is its leader).
-    pub fn start(&self, capture: Capture, pid: u32) {
+    /// Starts draining a spawned instance's pipes (`pid` is its leader). The returned handle
+    /// tells when both pipes have reached end of file and everything read is written.
+    pub fn start(&self, capture: Capture, pid: u32) -> Drained {
         let Capture {
             out_read,
             err_read,
@@ -270,6 +294,10 @@ impl LogHub {
         let format = Arc::new(LineFormat::of(&spec));
         let name: Arc<str> = spec.name.as_str().into();
         let namespace: Arc<str> = spec.namespace.as_str().into();
+        let drained = Drained {
+            open: Arc::new(AtomicUsize::new(2)),
+            written: Arc::new(AtomicU64::new(0)),
+        };
         for (read, path, stream) in [
             (out_read, &files.out, LogStream::Out),
             (err_read, &files.err, LogStream::Err),
@@ -287,15 +315,26 @@ impl LogHub {
                 max_line: self.inner.defaults.max_line,
                 followers: self.inner.followers.clone(),
                 closing: self.inner.closing.clone(),
+                written: drained.written.clone(),
             };
+            let open = drained.open.clone();
+            let inner = self.inner.clone();
             self.inner.drains.spawn(async move {
                 match pipe::Receiver::from_owned_fd(read) {
                     Ok(pipe) => drain.run(pipe).await,
                     Err(e) => warn!(id, %e, "cannot watch a log pipe; its output is lost"),
                 }
                 debug!(id, ?stream, "log pipe drained");
+                open.fetch_sub(1, Ordering::Release);
+                inner.drain_ended.notify_one();
             });
         }
+        drained
+    }
+
+    /// Resolves when some drain has ended since the last call (a stored wake-up counts).
+    pub async fn drain_ended(&self) {
+        self.inner.drain_ended.notified().await;
     }
 
     /// The sink of `path`, shared with every other writer of that file.
