@@ -21,7 +21,8 @@
 //!   the npm install of PM2.
 //! - `report`: figures, their pooling over rounds and managers, the Markdown table, the JSON.
 //! - `core_suite`: the core suite (daemon footprint, start, list, crash, restart, idle CPU).
-//! - `logs`: the log-capture suite (a 1,000,000-line flood against a file and `| cat`; pm2rs only).
+//! - `logs`: the log-capture suite (a 1,000,000-line flood captured by the manager, against a file
+//!   and `| cat` in the same run).
 //! - This file: options, the list of suites, the rounds.
 //!
 //! # Adding a suite
@@ -169,7 +170,7 @@ const SUITES: &[Suite] = &[
     core_suite::SUITE,
     Suite {
         name: "logs",
-        compare: false,
+        compare: true,
         scenarios: &[Scenario {
             name: "log flood",
             run: logs::flood,

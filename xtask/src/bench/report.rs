@@ -29,6 +29,8 @@ pub enum Unit {
     Percent,
     /// A count of lines.
     Lines,
+    /// One time divided by another (`×`).
+    Ratio,
 }
 
 impl Unit {
@@ -38,6 +40,7 @@ impl Unit {
             Unit::Mib => "MiB",
             Unit::Percent => "% CPU",
             Unit::Lines => "lines",
+            Unit::Ratio => "×",
         }
     }
 }
