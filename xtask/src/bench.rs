@@ -23,6 +23,8 @@
 //! - `core_suite`: the core suite (daemon footprint, start, list, crash, restart, idle CPU).
 //! - `logs`: the log-capture suite (a 1,000,000-line flood captured by the manager, against a file
 //!   and `| cat` in the same run).
+//! - `cluster`: the cluster suite (req/s of a Node hello-world through a 2-instance cluster, failed
+//!   requests while `reload` runs under load; against PM2's cluster mode with `--compare pm2`).
 //! - This file: options, the list of suites, the rounds.
 //!
 //! # Adding a suite
@@ -44,6 +46,7 @@
 //! Exit status: 0 when every scenario ran, whether or not targets were met; 1 when a scenario (or
 //! the build, or the PM2 install) could not run; 2 for bad arguments.
 
+mod cluster;
 mod core_suite;
 mod harness;
 mod logs;
@@ -76,7 +79,7 @@ pub struct Options {
     pub compare_pm2: bool,
     /// Runs of each suite per manager; default 3, or 1 with `--quick`.
     pub rounds: Option<usize>,
-    /// Run only the suite of this name (`core`, `logs`).
+    /// Run only the suite of this name (`core`, `logs`, `cluster`).
     pub suite: Option<String>,
 }
 
@@ -176,6 +179,7 @@ const SUITES: &[Suite] = &[
             run: logs::flood,
         }],
     },
+    cluster::SUITE,
 ];
 
 /// How long any "wait until the daemon shows X" may take before the scenario fails.

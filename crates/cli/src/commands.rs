@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use pm2rs_config::{LoadOptions, ScriptOptions};
 use pm2rs_proto::{
-    ActionResponse, DescribeResponse, ListResponse, PingResponse, ScaleRequest, ScaleTo,
-    StartRequest, StartResponse, TargetRequest, routes,
+    ActionResponse, DescribeResponse, ListResponse, PingResponse, ReloadRequest, ScaleRequest,
+    ScaleTo, StartRequest, StartResponse, TargetRequest, routes,
 };
 use serde::Serialize;
 
@@ -26,6 +26,28 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Start(args) => start(&home, args).await,
         Cmd::Stop(t) => action(&home, routes::STOP, &t.target, t.out, "stopped").await,
         Cmd::Restart(t) => action(&home, routes::RESTART, &t.target, t.out, "restarted").await,
+        Cmd::Reload { target, parallel } => {
+            let mut c = Client::connect_or_start(&home).await?;
+            let resp: ActionResponse = c
+                .post(
+                    routes::RELOAD,
+                    &ReloadRequest {
+                        target: target.target.clone(),
+                        parallel,
+                    },
+                )
+                .await?;
+            if target.out.json {
+                return print_json(&resp);
+            }
+            let ids: Vec<String> = resp.ids.iter().map(u32::to_string).collect();
+            say(&format!(
+                "reloaded {} (id {})",
+                target.target,
+                ids.join(", ")
+            ))?;
+            print_list(&mut c).await
+        }
         Cmd::Delete(t) => action(&home, routes::DELETE, &t.target, t.out, "deleted").await,
         Cmd::Scale { name, count, out } => {
             let to = parse_scale(&count)?;
@@ -95,10 +117,12 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
         if args.name.is_some()
             || args.instances.is_some()
             || args.interpreter.is_some()
+            || args.port.is_some()
+            || args.wait_ready
             || !args.args.is_empty()
         {
             return Err(UsageError(
-                "--name, -i, --interpreter and script arguments apply to a script, not an ecosystem file; \
+                "--name, -i, --interpreter, --port, --wait-ready and script arguments apply to a script, not an ecosystem file; \
                  set them in the file instead"
                     .into(),
             )
@@ -127,6 +151,8 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
                 args: args.args,
                 interpreter: args.interpreter,
                 namespace: args.namespace,
+                port: args.port,
+                wait_ready: args.wait_ready,
                 cwd: std::env::current_dir().context("cannot read the current directory")?,
                 cpus,
             },

@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use pm2rs_proto::{
     DescribeResponse, ErrorKind, FlushResponse, LogEvent, LogStream, TargetRequest, routes,
 };
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::LogsArgs;
 use crate::client::{Client, DaemonError};
@@ -47,6 +48,14 @@ pub async fn logs(home: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let (want_out, want_err) = match (args.out, args.err) {
         (false, false) => (true, true),
         flags => flags,
+    };
+    // One SIGINT listener for the whole run: a Ctrl-C that arrives while a frame is being printed
+    // must still end the loop (a `ctrl_c()` future made anew per iteration misses it, and by then
+    // the default action of SIGINT is gone).
+    let mut interrupt = if args.nostream {
+        None
+    } else {
+        Some(signal(SignalKind::interrupt())?)
     };
     // Subscribe before reading the tails, so no line falls between the two (one may show twice).
     let body = if args.nostream {
@@ -88,13 +97,13 @@ pub async fn logs(home: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let Some(mut body) = body else {
+    let (Some(mut body), Some(interrupt)) = (body, interrupt.as_mut()) else {
         return Ok(ExitCode::SUCCESS);
     };
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let frame = tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),
             frame = body.frame() => frame,
         };
         let Some(frame) = frame else {

@@ -34,6 +34,15 @@ pub enum Cmd {
     Stop(TargetArgs),
     /// Stop then start apps again.
     Restart(TargetArgs),
+    /// Replace instances without downtime: start a new one, wait until it is ready, then stop
+    /// the old one gracefully; one instance at a time unless --parallel.
+    Reload {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// How many instances to replace at the same time.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        parallel: u32,
+    },
     /// Stop apps and forget them.
     #[command(alias = "del")]
     Delete(TargetArgs),
@@ -94,6 +103,13 @@ pub struct StartArgs {
     /// Namespace of the app (script mode).
     #[arg(long)]
     pub namespace: Option<String>,
+    /// Port the daemon binds and shares among the instances (script mode; implies cluster mode).
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Online only once the app says it is ready: `READY=1` on NOTIFY_SOCKET or Node's
+    /// `process.send('ready')` (script mode).
+    #[arg(long)]
+    pub wait_ready: bool,
     /// Only start these apps of the ecosystem file (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,

@@ -461,6 +461,16 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
             .join(", ")
     };
 
+    let listen = if s.listen.is_empty() {
+        dash()
+    } else {
+        let addrs: Vec<String> = s.listen.iter().map(ToString::to_string).collect();
+        format!(
+            "{} ({})",
+            addrs.join(", "),
+            clean(&format!("{:?}", s.cluster_socket)).to_lowercase()
+        )
+    };
     let rows: Vec<(&str, String)> = vec![
         ("status", p.status.as_str().to_string()),
         ("name", clean(&p.name).into_owned()),
@@ -487,6 +497,7 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
         ("started at", started),
         ("last exit", opt(p.last_exit.as_deref())),
         ("reason", opt(p.reason.as_deref())),
+        ("notify status", opt(p.notify_status.as_deref())),
         ("autorestart", s.autorestart.to_string()),
         ("max_restarts", s.max_restarts.to_string()),
         ("min_uptime", format_duration(s.min_uptime_ms)),
@@ -499,6 +510,9 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
         ("stop_exit_codes", stop_codes),
         ("kill_signal", clean(&s.kill_signal).into_owned()),
         ("kill_timeout", format_duration(s.kill_timeout_ms)),
+        ("listen", listen),
+        ("wait_ready", s.wait_ready.to_string()),
+        ("listen_timeout", format_duration(s.listen_timeout_ms)),
         ("out log path", path(&d.out_log)),
         ("error log path", path(&d.err_log)),
         (
@@ -741,7 +755,7 @@ fn wrap(text: &str, width: Option<usize>, first: &str, indent: &str) -> Vec<Stri
 mod tests {
     use std::collections::BTreeMap;
 
-    use pm2rs_proto::{AppSpec, ExecMode};
+    use pm2rs_proto::{AppSpec, ClusterSocket, ExecMode};
 
     use super::*;
 
@@ -769,6 +783,7 @@ mod tests {
             user: Some("deploy".to_string()),
             reason: (status == Status::Errored).then(|| "too many unstable restarts".to_string()),
             last_exit: None,
+            notify_status: None,
         }
     }
 
@@ -820,6 +835,13 @@ mod tests {
             kill_signal: "SIGINT".into(),
             kill_timeout_ms: 1600,
             source: Some("/srv/app/ecosystem.toml".into()),
+            listen: vec![],
+            cluster_socket: ClusterSocket::Reuseport,
+            instance_var: "NODE_APP_INSTANCE".into(),
+            increment_var: None,
+            wait_ready: false,
+            listen_timeout_ms: 3000,
+            watchdog_timeout_ms: None,
             logs: pm2rs_proto::LogSpec {
                 max_size: Some(1 << 20),
                 ..pm2rs_proto::LogSpec::unset()

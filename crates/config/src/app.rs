@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
-use pm2rs_proto::{AppSpec, ExecMode, LogSpec};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use pm2rs_proto::{AppSpec, ClusterSocket, ExecMode, LogSpec};
 
 use crate::error::{Diag, Loc};
 use crate::keys::{self, ENV_PROFILE_PREFIX, Field, Kind};
@@ -33,6 +35,8 @@ pub(crate) mod defaults {
     pub(crate) const MIN_UPTIME_MS: u64 = 1000;
     pub(crate) const RESTART_DELAY_MS: u64 = 0;
     pub(crate) const KILL_TIMEOUT_MS: u64 = 1600;
+    pub(crate) const LISTEN_TIMEOUT_MS: u64 = 3000;
+    pub(crate) const INSTANCE_VAR: &str = "NODE_APP_INSTANCE";
 }
 
 /// Interpreter chosen by script extension when `interpreter` is not set.
@@ -217,6 +221,14 @@ struct Draft<'n> {
     kill_signal: Option<KillSignal>,
     kill_timeout_ms: Option<u64>,
     namespace: Option<Ident>,
+    port: Option<At<'n, u16>>,
+    listen: Option<At<'n, Vec<SocketAddr>>>,
+    cluster_socket: Option<ClusterSocket>,
+    instance_var: Option<String>,
+    increment_var: Option<String>,
+    wait_ready: Option<bool>,
+    listen_timeout_ms: Option<u64>,
+    watchdog_timeout_ms: Option<u64>,
     logs: LogDraft<'n>,
 }
 
@@ -452,14 +464,7 @@ impl Reader<'_> {
     }
 
     fn exit_codes(&mut self, node: &Node, path: &str) -> Option<Vec<i32>> {
-        let items: Vec<(&Node, String)> = match &node.value {
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| (item, format!("{path}[{i}]")))
-                .collect(),
-            _ => vec![(node, path.to_string())],
-        };
+        let items = one_or_many(node, path);
         let mut codes = Vec::with_capacity(items.len());
         let mut ok = true;
         for (item, item_path) in items {
@@ -552,6 +557,107 @@ impl Reader<'_> {
             .ok()
     }
 
+    fn port(&mut self, node: &Node, path: &str) -> Option<u16> {
+        let n = match &node.value {
+            Value::Str(s) => s.trim().parse::<i64>().ok(),
+            value => value.as_whole_int(),
+        };
+        match n {
+            Some(n @ 1..=65535) => u16::try_from(n).ok(),
+            Some(n) => {
+                self.diag.error(
+                    &node.loc,
+                    path,
+                    format!("`port` must be 1 to 65535 (got {n})"),
+                );
+                None
+            }
+            None => {
+                self.type_error(node, path, "a port number");
+                None
+            }
+        }
+    }
+
+    /// `"127.0.0.1:3000"`, `"[::]:8443"`, or an array of those.
+    fn listen(&mut self, node: &Node, path: &str) -> Option<Vec<SocketAddr>> {
+        let items = one_or_many(node, path);
+        let mut addrs = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (item, item_path) in items {
+            let Value::Str(text) = &item.value else {
+                self.type_error(item, &item_path, "an address like \"127.0.0.1:3000\"");
+                ok = false;
+                continue;
+            };
+            match text.trim().parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 => addrs.push(addr),
+                Ok(_) => {
+                    self.diag.error(
+                        &item.loc,
+                        &item_path,
+                        "the port of a `listen` address must not be 0",
+                    );
+                    ok = false;
+                }
+                Err(_) => {
+                    self.diag.error(
+                        &item.loc,
+                        &item_path,
+                        format!(
+                            "invalid listen address `{}`: expected IP:port, e.g. \"127.0.0.1:3000\" or \"[::]:8443\"",
+                            text.escape_debug()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if ok && addrs.is_empty() {
+            self.diag
+                .error(&node.loc, path, "`listen` must name at least one address");
+            ok = false;
+        }
+        ok.then_some(addrs)
+    }
+
+    fn cluster_socket(&mut self, node: &Node, path: &str) -> Option<ClusterSocket> {
+        match self.string(node, path)? {
+            "reuseport" => Some(ClusterSocket::Reuseport),
+            "shared" => Some(ClusterSocket::Shared),
+            other => {
+                self.diag.error(
+                    &node.loc,
+                    path,
+                    format!(
+                        "invalid cluster_socket `{}`: expected \"reuseport\" (one socket per instance) or \"shared\"",
+                        other.escape_debug()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// An environment variable name: letters, digits and `_`, not starting with a digit.
+    fn var_name(&mut self, node: &Node, path: &str, key: &str) -> Option<String> {
+        let s = self.non_empty(node, path, key)?;
+        let valid = s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !s.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            self.diag.error(
+                &node.loc,
+                path,
+                format!(
+                    "invalid `{key}` `{}`: a variable name is letters, digits and `_`",
+                    s.escape_debug()
+                ),
+            );
+            return None;
+        }
+        Some(s.to_string())
+    }
+
     fn interpreter(&mut self, node: &Node, path: &str) -> Option<Interpreter> {
         match self.string(node, path)? {
             "" => {
@@ -565,6 +671,19 @@ impl Reader<'_> {
             "none" => Some(Interpreter::Direct),
             program => Some(Interpreter::Program(program.to_string())),
         }
+    }
+}
+
+/// The items of an array with their key paths (`path[i]`), or the node itself when it is not an
+/// array (keys that take one value or a list of them).
+fn one_or_many<'n>(node: &'n Node, path: &str) -> Vec<(&'n Node, String)> {
+    match &node.value {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item, format!("{path}[{i}]")))
+            .collect(),
+        _ => vec![(node, path.to_string())],
     }
 }
 
@@ -663,6 +782,18 @@ impl<'n> Draft<'n> {
                 }
                 Field::LogCompress => d.logs.log_compress = r.bool(node, p),
                 Field::DisableLogs => d.logs.disable_logs = r.bool(node, p),
+                Field::Port => d.port = r.port(node, p).map(|v| (v, node)),
+                Field::Listen => d.listen = r.listen(node, p).map(|v| (v, node)),
+                Field::ClusterSocket => d.cluster_socket = r.cluster_socket(node, p),
+                Field::InstanceVar => d.instance_var = r.var_name(node, p, key),
+                Field::IncrementVar => d.increment_var = r.var_name(node, p, key),
+                Field::WaitReady => d.wait_ready = r.bool(node, p),
+                Field::ListenTimeout => {
+                    d.listen_timeout_ms = r.duration(node, p, key, MAX_DURATION_MS);
+                }
+                Field::WatchdogTimeout => {
+                    d.watchdog_timeout_ms = r.duration(node, p, key, MAX_DURATION_MS);
+                }
             }
         }
         for (profile, entry) in &keys.profiles {
@@ -769,6 +900,8 @@ impl<'n> Draft<'n> {
         });
 
         let logs = self.logs.resolve(path, cwd.as_deref(), ctx, diag);
+        let exec_mode = self.exec_mode.unwrap_or_default();
+        let listen = listen_addresses(self.port, self.listen, exec_mode, path, diag);
 
         let spec = AppSpec {
             name: name?.into_string(),
@@ -782,7 +915,7 @@ impl<'n> Draft<'n> {
             cwd: cwd?,
             env,
             instances: self.instances.unwrap_or(defaults::INSTANCES),
-            exec_mode: self.exec_mode.unwrap_or_default(),
+            exec_mode,
             autorestart: self.autorestart.unwrap_or(defaults::AUTORESTART),
             max_restarts: self.max_restarts.unwrap_or(defaults::MAX_RESTARTS),
             min_uptime_ms: self.min_uptime_ms.unwrap_or(defaults::MIN_UPTIME_MS),
@@ -797,6 +930,17 @@ impl<'n> Draft<'n> {
             kill_timeout_ms: self.kill_timeout_ms.unwrap_or(defaults::KILL_TIMEOUT_MS),
             source: ctx.source.map(Path::to_path_buf),
             logs: logs?,
+            listen: listen?,
+            cluster_socket: self.cluster_socket.unwrap_or(ClusterSocket::Reuseport),
+            instance_var: self
+                .instance_var
+                .unwrap_or_else(|| defaults::INSTANCE_VAR.to_string()),
+            increment_var: self.increment_var,
+            wait_ready: self.wait_ready.unwrap_or(false),
+            listen_timeout_ms: self
+                .listen_timeout_ms
+                .unwrap_or(defaults::LISTEN_TIMEOUT_MS),
+            watchdog_timeout_ms: self.watchdog_timeout_ms.filter(|&ms| ms > 0),
         };
         Some(CheckedApp { spec, name_loc })
     }
@@ -849,6 +993,57 @@ impl LogDraft<'_> {
 
 /// Where `disable_logs = true` sends output.
 const DEV_NULL: &str = "/dev/null";
+
+/// The addresses to bind: `port = N` is `0.0.0.0:N`, then every `listen` address; both need
+/// cluster mode (in fork mode each instance binds its own port, see `increment_var`).
+fn listen_addresses(
+    port: Option<At<'_, u16>>,
+    listen: Option<At<'_, Vec<SocketAddr>>>,
+    exec_mode: ExecMode,
+    path: &str,
+    diag: &mut Diag,
+) -> Option<Vec<SocketAddr>> {
+    let mut addrs = Vec::new();
+    let mut ok = true;
+    for (key, node, given) in [
+        port.map(|(p, n)| {
+            (
+                "port",
+                n,
+                vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p)],
+            )
+        }),
+        listen.map(|(l, n)| ("listen", n, l)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if exec_mode != ExecMode::Cluster {
+            diag.error(
+                &node.loc,
+                &join(path, key),
+                format!(
+                    "`{key}` needs exec_mode = \"cluster\" (the daemon binds it and hands it to every instance); in fork mode let each instance bind its own port, e.g. with increment_var = \"PORT\""
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        for addr in given {
+            if addrs.contains(&addr) {
+                diag.error(
+                    &node.loc,
+                    &join(path, key),
+                    format!("address {addr} is listed twice"),
+                );
+                ok = false;
+            } else {
+                addrs.push(addr);
+            }
+        }
+    }
+    ok.then_some(addrs)
+}
 
 /// The interpreter [`DEFAULT_INTERPRETERS`] picks for `script`'s extension.
 pub(crate) fn default_interpreter(script: &str) -> Option<&'static str> {

@@ -25,6 +25,14 @@ pub(crate) enum Field {
     KillSignal,
     KillTimeout,
     Namespace,
+    Port,
+    Listen,
+    ClusterSocket,
+    InstanceVar,
+    IncrementVar,
+    WaitReady,
+    ListenTimeout,
+    WatchdogTimeout,
     OutFile,
     ErrorFile,
     LogFile,
@@ -51,8 +59,6 @@ pub(crate) enum Noop {
     Any,
     /// `false`, `""` or `[]`.
     FalseOrEmpty,
-    /// Exactly this string.
-    Str(&'static str),
 }
 
 impl Noop {
@@ -65,7 +71,6 @@ impl Noop {
             (Noop::FalseOrEmpty, Value::Bool(false)) => true,
             (Noop::FalseOrEmpty, Value::Str(s)) => s.is_empty(),
             (Noop::FalseOrEmpty, Value::Array(a)) => a.is_empty(),
-            (Noop::Str(want), Value::Str(got)) => want == got,
             _ => false,
         }
     }
@@ -77,7 +82,6 @@ impl Noop {
             Noop::Bool(b) => Some(format!("remove it or set it to {b}")),
             Noop::AnyBool => Some("remove it or set it to true or false".into()),
             Noop::FalseOrEmpty => Some("remove it or set it to false".into()),
-            Noop::Str(s) => Some(format!("remove it or set it to \"{s}\"")),
         }
     }
 }
@@ -116,6 +120,14 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("kill_signal", Is(F::KillSignal)),
     ("kill_timeout", Is(F::KillTimeout)),
     ("namespace", Is(F::Namespace)),
+    ("port", Is(F::Port)),
+    ("listen", Is(F::Listen)),
+    ("cluster_socket", Is(F::ClusterSocket)),
+    ("instance_var", Is(F::InstanceVar)),
+    ("increment_var", Is(F::IncrementVar)),
+    ("wait_ready", Is(F::WaitReady)),
+    ("listen_timeout", Is(F::ListenTimeout)),
+    ("watchdog_timeout", Is(F::WatchdogTimeout)),
     ("out_file", Is(F::OutFile)),
     ("error_file", Is(F::ErrorFile)),
     ("log_file", Is(F::LogFile)),
@@ -143,14 +155,8 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("max_memory_restart", NotYet(Noop::Never)),
     ("cron_restart", NotYet(Noop::FalseOrEmpty)),
     ("cron", NotYet(Noop::FalseOrEmpty)),
-    ("wait_ready", NotYet(Noop::Bool(false))),
-    ("listen_timeout", NotYet(Noop::Never)),
     ("shutdown_with_message", NotYet(Noop::Bool(false))),
     ("pid_file", NotYet(Noop::Never)),
-    ("instance_var", NotYet(Noop::Str("NODE_APP_INSTANCE"))),
-    ("increment_var", NotYet(Noop::Never)),
-    ("port", NotYet(Noop::Never)),
-    ("listen", NotYet(Noop::Never)),
     ("autostart", NotYet(Noop::Bool(true))),
     ("treekill", NotYet(Noop::Bool(true))),
     ("kill_retry_time", NotYet(Noop::Never)),
@@ -262,6 +268,5 @@ mod tests {
         assert!(!Noop::Never.accepts(&Value::Bool(false)));
         assert!(Noop::AnyBool.accepts(&Value::Bool(true)));
         assert!(!Noop::AnyBool.accepts(&Value::Str("x".into())));
-        assert!(Noop::Str("NODE_APP_INSTANCE").accepts(&Value::Str("NODE_APP_INSTANCE".into())));
     }
 }

@@ -82,6 +82,10 @@ pub struct ScriptOptions {
     pub interpreter: Option<String>,
     /// `--namespace`; default `default`.
     pub namespace: Option<String>,
+    /// `--port`: bind this port in the daemon and share it among the instances (cluster mode).
+    pub port: Option<String>,
+    /// `--wait-ready`: online only once the app says it is ready.
+    pub wait_ready: bool,
     /// The CLI's working directory: the script is resolved against it and the app runs in it
     /// (empty = the process's current directory).
     pub cwd: PathBuf,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use pm2rs_proto::AppSpec;
 
-use crate::app::{Ctx, check_app};
+use crate::app::{Ctx, check_app, default_interpreter};
 use crate::error::{ConfigErrors, Diag, Loc};
 use crate::resolve::normalize;
 use crate::tree::{Entry, Format, Node, Value};
@@ -30,11 +30,29 @@ pub(crate) fn app_from_script_with(
         ("instances", "--instances", &opts.instances),
         ("interpreter", "--interpreter", &opts.interpreter),
         ("namespace", "--namespace", &opts.namespace),
+        ("port", "--port", &opts.port),
     ];
     for (key, flag, value) in optional {
         if let Some(value) = value {
             entries.push(flag_entry(key, flag, Value::Str(value.clone())));
         }
+    }
+    // A port to share only makes sense in cluster mode; and, as with PM2, `-i` starts a Node
+    // script in cluster mode (its instances then share the port they listen on instead of
+    // failing with EADDRINUSE).
+    let node_script = opts.interpreter.is_none() && default_interpreter(script) == Some("node");
+    let cluster_flag = if opts.port.is_some() {
+        Some("--port")
+    } else if opts.instances.is_some() && node_script {
+        Some("--instances")
+    } else {
+        None
+    };
+    if let Some(flag) = cluster_flag {
+        entries.push(flag_entry("exec_mode", flag, Value::Str("cluster".into())));
+    }
+    if opts.wait_ready {
+        entries.push(flag_entry("wait_ready", "--wait-ready", Value::Bool(true)));
     }
     if !opts.args.is_empty() {
         let args = opts

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use pm2rs_proto::{AppSpec, ExecMode, LogSpec};
+use pm2rs_proto::{AppSpec, ClusterSocket, ExecMode, LogSpec};
 use tempfile::TempDir;
 
 use crate::ecosystem::load_with;
@@ -143,6 +143,14 @@ exp_backoff_restart_delay = "100ms"
 stop_exit_codes = [0, 3]
 kill_signal = "TERM"
 kill_timeout = "5s"
+port = 8080
+listen = ["127.0.0.1:9000", "[::1]:9001"]
+cluster_socket = "shared"
+instance_var = "INSTANCE_ID"
+increment_var = "METRICS_PORT"
+wait_ready = true
+listen_timeout = "10s"
+watchdog_timeout = "30s"
 "#,
     );
     let expected = AppSpec {
@@ -170,6 +178,17 @@ kill_timeout = "5s"
         kill_signal: "SIGTERM".into(),
         kill_timeout_ms: 5000,
         source: Some(fx.root().join("ecosystem.toml")),
+        listen: vec![
+            "0.0.0.0:8080".parse().unwrap(),
+            "127.0.0.1:9000".parse().unwrap(),
+            "[::1]:9001".parse().unwrap(),
+        ],
+        cluster_socket: ClusterSocket::Shared,
+        instance_var: "INSTANCE_ID".into(),
+        increment_var: Some("METRICS_PORT".into()),
+        wait_ready: true,
+        listen_timeout_ms: 10_000,
+        watchdog_timeout_ms: Some(30_000),
         logs: LogSpec::unset(),
     };
     assert_eq!(apps, vec![expected]);
@@ -199,6 +218,13 @@ fn defaults_are_pm2s() {
     assert_eq!(app.restart_delay_ms, 0);
     assert_eq!(app.exp_backoff_restart_delay_ms, None);
     assert!(app.stop_exit_codes.is_empty());
+    assert!(app.listen.is_empty());
+    assert_eq!(app.cluster_socket, ClusterSocket::Reuseport);
+    assert_eq!(app.instance_var, "NODE_APP_INSTANCE");
+    assert_eq!(app.increment_var, None);
+    assert!(!app.wait_ready);
+    assert_eq!(app.listen_timeout_ms, 3000);
+    assert_eq!(app.watchdog_timeout_ms, None);
     assert_eq!(app.kill_signal, "SIGINT");
     assert_eq!(app.kill_timeout_ms, 1600);
     assert_eq!(app.source, Some(fx.root().join("ecosystem.toml")));
@@ -705,7 +731,6 @@ vizion = false
 source_map_support = true
 merge_logs = false
 autostart = true
-instance_var = "NODE_APP_INSTANCE"
 "#,
     );
     assert_eq!(apps.len(), 1);
@@ -1071,5 +1096,81 @@ fn app_from_script_errors_are_keyed_by_flag_and_all_reported() {
             .to_string()
             .starts_with("script: cannot use the script's file name as the app name"),
         "{errors}"
+    );
+}
+
+#[test]
+fn cluster_keys_are_checked_with_file_line_and_key() {
+    let fx = Fixture::new();
+    let errors = fx.errors(
+        r#"[[apps]]
+name = "a"
+script = "app.js"
+port = 3000
+[[apps]]
+name = "b"
+script = "app.js"
+exec_mode = "cluster"
+port = 70000
+listen = ["localhost:80", 3, "0.0.0.0:0"]
+cluster_socket = "balanced"
+instance_var = "1BAD"
+increment_var = "A-B"
+wait_ready = "yes"
+[[apps]]
+name = "c"
+script = "app.js"
+exec_mode = "cluster"
+port = 3000
+listen = "0.0.0.0:3000"
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "ecosystem.toml:4:8: apps[0].port: `port` needs exec_mode = \"cluster\" (the daemon binds it and hands it to every instance); in fork mode let each instance bind its own port, e.g. with increment_var = \"PORT\"",
+            "ecosystem.toml:9:8: apps[1].port: `port` must be 1 to 65535 (got 70000)",
+            "ecosystem.toml:10:11: apps[1].listen[0]: invalid listen address `localhost:80`: expected IP:port, e.g. \"127.0.0.1:3000\" or \"[::]:8443\"",
+            "ecosystem.toml:10:27: apps[1].listen[1]: expected an address like \"127.0.0.1:3000\", got an integer",
+            "ecosystem.toml:10:30: apps[1].listen[2]: the port of a `listen` address must not be 0",
+            "ecosystem.toml:11:18: apps[1].cluster_socket: invalid cluster_socket `balanced`: expected \"reuseport\" (one socket per instance) or \"shared\"",
+            "ecosystem.toml:12:16: apps[1].instance_var: invalid `instance_var` `1BAD`: a variable name is letters, digits and `_`",
+            "ecosystem.toml:13:17: apps[1].increment_var: invalid `increment_var` `A-B`: a variable name is letters, digits and `_`",
+            "ecosystem.toml:14:14: apps[1].wait_ready: expected a boolean (true or false), got a string",
+            "ecosystem.toml:20:10: apps[2].listen: address 0.0.0.0:3000 is listed twice",
+        ]
+    );
+}
+
+#[test]
+fn port_on_the_command_line_means_cluster_mode() {
+    let fx = Fixture::new();
+    let opts = ScriptOptions {
+        cwd: fx.root().to_path_buf(),
+        instances: Some("2".into()),
+        port: Some("8085".into()),
+        ..ScriptOptions::default()
+    };
+    let app = app_from_script_with("app.js", &opts, Some(&fx.path_var)).unwrap();
+    assert_eq!(app.exec_mode, ExecMode::Cluster);
+    assert_eq!(app.listen, vec!["0.0.0.0:8085".parse().unwrap()]);
+    // As with PM2, `-i` alone puts a Node script in cluster mode, not other scripts.
+    let node = ScriptOptions {
+        port: None,
+        ..opts.clone()
+    };
+    let app = app_from_script_with("app.js", &node, Some(&fx.path_var)).unwrap();
+    assert_eq!((app.exec_mode, app.listen.len()), (ExecMode::Cluster, 0));
+    fx.file("tool.py", "print(1)\n");
+    let app = app_from_script_with("tool.py", &node, Some(&fx.path_var)).unwrap();
+    assert_eq!(app.exec_mode, ExecMode::Fork);
+    let bad = ScriptOptions {
+        port: Some("http".into()),
+        ..opts
+    };
+    let err = app_from_script_with("app.js", &bad, Some(&fx.path_var)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--port: expected a port number, got a string"
     );
 }

@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use pm2rs_proto::{
     ActionResponse, ApiError, DescribeResponse, ErrorKind, FlushResponse, ListResponse, LogEvent,
-    LogStreamQuery, PingResponse, ScaleRequest, StartRequest, StartResponse, TargetRequest,
-    VERSION, VERSION_HEADER, routes,
+    LogStreamQuery, PingResponse, ReloadRequest, ScaleRequest, StartRequest, StartResponse,
+    TargetRequest, VERSION, VERSION_HEADER, routes,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -59,6 +59,7 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::RESTART, post(restart))
         .route(routes::DELETE, post(delete))
         .route(routes::SCALE, post(scale))
+        .route(routes::RELOAD, post(reload))
         .route(routes::DESCRIBE, post(describe))
         .route(routes::KILL, post(kill))
         .route(routes::LOG_STREAM, get(log_stream))
@@ -371,6 +372,13 @@ async fn scale(
     Json(request): Json<ScaleRequest>,
 ) -> ApiResult<ActionResponse> {
     ask(&state, |reply| Command::Scale { request, reply }).await
+}
+
+async fn reload(
+    State(state): State<ApiState>,
+    Json(request): Json<ReloadRequest>,
+) -> ApiResult<ActionResponse> {
+    ask(&state, |reply| Command::Reload { request, reply }).await
 }
 
 async fn kill(State(state): State<ApiState>) -> ApiResult<ActionResponse> {

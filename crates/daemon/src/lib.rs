@@ -8,12 +8,15 @@
 //! - [`policy`]: the restart policy, a pure function.
 //! - [`process`]: spawning in a process group, signalling groups safely, reaping.
 //! - [`metrics`]: cpu/memory sampling for `list`.
+//! - [`cluster`]: listening sockets handed to instances, readiness (sd_notify, Node IPC, the Node
+//!   shim), the rolling-reload state machine.
 //! - [`logs`]: output capture: pipes drained into rotated files, followers, the daemon's own log.
 //!
 //! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token);
 //! [`run_daemon`] is what `pm2rs daemon` calls.
 
 pub mod api;
+pub mod cluster;
 pub mod home;
 pub mod lifecycle;
 pub mod logs;
@@ -121,7 +124,7 @@ pub async fn serve(
     let (metrics_tx, metrics_rx) = watch::channel(Arc::new(HashMap::new()));
     let (cmd_tx, cmd_rx) = mpsc::channel(supervisor::COMMAND_QUEUE);
 
-    let supervisor = Supervisor::new(logs.clone(), snapshot_tx, shutdown.clone());
+    let supervisor = Supervisor::new(logs.clone(), &home.dir, snapshot_tx, shutdown.clone());
     let sup_done = shutdown.clone();
     // However the supervisor ends (a kill, an error, even a panic), the daemon ends with it rather
     // than serving an API nobody acts on.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -18,6 +18,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use pm2rs_proto::AppSpec;
 
+use crate::cluster::handoff::{self, Handoff};
 use crate::policy::ExitReason;
 
 /// A running process we spawned: its pid (also its process-group id) and its start time.
@@ -38,23 +39,19 @@ pub struct SpawnInput<'a> {
     /// Write ends of the pipes the daemon drains into the log files.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// Sockets, IPC channel and variables handed to the child (see [`crate::cluster::handoff`]).
+    pub handoff: Option<&'a Handoff>,
 }
 
 /// Spawns one instance in a new process group, stdin from /dev/null, stdout and stderr to the
 /// given pipes (closed in the daemon once the child has them).
 pub fn spawn(input: SpawnInput<'_>) -> io::Result<Tracked> {
     let spec = input.spec;
-    let mut cmd = match &spec.interpreter {
-        Some(interp) => {
-            let mut c = Command::new(interp);
-            c.args(&spec.interpreter_args).arg(&spec.script);
-            c
-        }
-        None => Command::new(&spec.script),
-    };
+    let mut cmd = handoff::command(spec, input.handoff);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(instance_env(spec, input.instance, input.id))
+        .envs(handoff::env(input.handoff))
         .stdin(Stdio::null())
         .stdout(Stdio::from(input.stdout))
         .stderr(Stdio::from(input.stderr))
@@ -76,8 +73,26 @@ pub fn spawn(input: SpawnInput<'_>) -> io::Result<Tracked> {
 /// The variables added to every instance's environment, over the daemon's own.
 pub fn instance_env(spec: &AppSpec, instance: u32, id: u32) -> BTreeMap<String, String> {
     let mut env = spec.env.clone();
-    env.insert("NODE_APP_INSTANCE".into(), instance.to_string());
+    env.insert(spec.instance_var.clone(), instance.to_string());
     env.insert("PM2RS_INSTANCE".into(), instance.to_string());
+    // PM2's increment_var: the variable's number (from the app's env, else the daemon's, else
+    // the first listen port for PORT) plus the instance index.
+    if let Some(var) = &spec.increment_var {
+        let base = spec
+            .env
+            .get(var)
+            .cloned()
+            .or_else(|| std::env::var(var).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .or_else(|| {
+                (var == "PORT")
+                    .then(|| spec.listen.first().map(|a| u64::from(a.port())))
+                    .flatten()
+            });
+        if let Some(base) = base {
+            env.insert(var.clone(), (base + u64::from(instance)).to_string());
+        }
+    }
     env.insert("PM2RS_APP_NAME".into(), spec.name.clone());
     env.insert("PM2RS_ID".into(), id.to_string());
     env
@@ -226,7 +241,9 @@ mod tests {
     #[test]
     fn running_means_alive_and_not_a_zombie() {
         assert!(is_running(Pid::this()));
-        let child = Command::new("true").spawn().expect("spawn true");
+        let child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
         let pid = Pid::from_raw(child.id() as i32);
         // Unreaped after exit: a zombie, which does not count as running.
         let gone = (0..500).any(|_| {

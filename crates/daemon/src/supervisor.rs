@@ -6,7 +6,12 @@
 //! - a command from the API;
 //! - SIGCHLD: it reaps every exited child itself (nobody else calls `waitpid`), which keeps a pid it
 //!   holds from ever being reused under it, and applies the restart policy;
-//! - the earliest deadline among instances: a restart delay ending, or a stop's `kill_timeout`.
+//! - the earliest deadline among instances: a restart delay ending, a stop's `kill_timeout`, a
+//!   `listen_timeout` or a missed watchdog ping;
+//! - a [`Notice`] from an instance (sd_notify or the Node IPC channel): readiness, status, watchdog.
+//!
+//! Listening sockets, readiness channels and the reload state machine live in [`crate::cluster`];
+//! `reload` jobs are advanced after every event, like pending continuations.
 //!
 //! Commands that must wait for processes to exit (stop, restart, delete, scale down, a changed spec,
 //! kill) register a [`Pending`] continuation that runs once all its instances have settled.
@@ -20,7 +25,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use pm2rs_proto::{
     ActionResponse, ApiError, AppSpec, DescribeResponse, Described, ErrorKind, ProcessInfo,
-    ScaleRequest, ScaleTo, StartResponse, Status,
+    ReloadRequest, ScaleRequest, ScaleTo, StartResponse, Status,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,10 +33,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::cluster::reload::{self, NewState, Reload};
+use crate::cluster::{self, Cluster, Notice, ipc::NodeMessage};
 use crate::lifecycle::{self, Event};
 use crate::logs::LogHub;
 use crate::policy::{self, Decision, ExitReason, RestartHistory, RestartPolicy};
 use crate::process::{self, SpawnInput, Tracked};
+
+mod cluster_ops;
 
 /// A reply channel; the API handler holds the receiving end and drops it if the client goes away.
 pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
@@ -60,6 +69,10 @@ pub enum Command {
     },
     Scale {
         request: ScaleRequest,
+        reply: Reply<ActionResponse>,
+    },
+    Reload {
+        request: ReloadRequest,
         reply: Reply<ActionResponse>,
     },
     /// Stop every app, reply, then end the daemon.
@@ -179,6 +192,10 @@ enum DeadlineKind {
     Kill,
     /// The leader exited during a stop but its group had members left: check again.
     Drain,
+    /// `listen_timeout` after the spawn of an instance that is still launching.
+    ListenTimeout,
+    /// `watchdog_timeout` since the last `WATCHDOG=1` of an online instance.
+    Watchdog,
 }
 
 /// How often a draining group is checked when no SIGCHLD tells us first.
@@ -200,6 +217,13 @@ struct Proc {
     draining: Option<Pid>,
     out_log: PathBuf,
     err_log: PathBuf,
+    /// The last `STATUS=` of the current run.
+    notify_status: Option<String>,
+    /// Started by a reload to replace the instance of this id (whose id, log files and
+    /// `PM2RS_ID` it takes): `listen_timeout` fails it instead of making it online.
+    replaces: Option<u32>,
+    /// A replacement that was not ready within `listen_timeout`.
+    not_ready: bool,
 }
 
 impl Proc {
@@ -248,15 +272,24 @@ pub struct Supervisor {
     /// Cancelled by the supervisor after `kill`, or by the daemon on a signal.
     shutdown: CancellationToken,
     dirty: bool,
+    /// Listening sockets, notify socket, Node shim.
+    cluster: Cluster,
+    /// Held until `run` starts; the senders are the notify reader and the IPC readers.
+    notices: Option<mpsc::Receiver<Notice>>,
+    /// Reloads in progress, each with the reply its command waits for.
+    reloads: Vec<(Reload, Reply<ActionResponse>)>,
 }
 
 impl Supervisor {
-    /// A supervisor capturing output through `logs`, publishing on `snapshot`.
+    /// A supervisor capturing output through `logs`, publishing on `snapshot`, with its notify
+    /// socket and Node shim in `runtime_dir`. Must be called inside the runtime.
     pub fn new(
         logs: LogHub,
+        runtime_dir: &std::path::Path,
         snapshot: watch::Sender<Arc<Snapshot>>,
         shutdown: CancellationToken,
     ) -> Self {
+        let (cluster, notices) = Cluster::start(runtime_dir);
         let user = nix::unistd::User::from_uid(nix::unistd::getuid())
             .ok()
             .flatten()
@@ -273,6 +306,9 @@ impl Supervisor {
             snapshot,
             shutdown,
             dirty: true,
+            cluster,
+            notices: Some(notices),
+            reloads: Vec::new(),
         }
     }
 
@@ -280,6 +316,7 @@ impl Supervisor {
     /// registered before any child is spawned, which is why it is created here, first.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> std::io::Result<()> {
         let mut sigchld = signal(SignalKind::child())?;
+        let mut notices = self.notices.take().unwrap_or_else(|| mpsc::channel(1).1);
         // Reap anything that exited before we were listening (e.g. adopted orphans).
         self.reap_all();
         loop {
@@ -294,8 +331,10 @@ impl Supervisor {
                 },
                 _ = sigchld.recv() => self.reap_all(),
                 () = sleep_until_opt(deadline) => self.fire_deadlines(),
+                Some(notice) = notices.recv() => self.on_notice(notice),
             }
             self.run_pending();
+            self.advance_reloads();
             if self.shutdown.is_cancelled() && self.pending.is_empty() {
                 break;
             }
@@ -314,6 +353,7 @@ impl Supervisor {
             Command::Restart { target, reply } => self.with_targets(&target, reply, Then::Restart),
             Command::Delete { target, reply } => self.with_targets(&target, reply, Then::Delete),
             Command::Scale { request, reply } => self.scale(request, reply),
+            Command::Reload { request, reply } => self.reload(request, reply),
             Command::Kill { reply } => {
                 let ids: Vec<u32> = self.procs.keys().copied().collect();
                 self.stop_ids(&ids);
@@ -367,6 +407,14 @@ impl Supervisor {
             processes: vec![],
         };
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        // Bind every new or changed address first: a port in use changes nothing.
+        if let Err(e) = self.cluster.bind_all(&specs) {
+            let _ = reply.send(Err(api_error(
+                ErrorKind::Failed,
+                &format!("{e}; nothing was changed"),
+            )));
+            return;
+        }
         let mut changed = Vec::new();
         let mut to_stop = Vec::new();
         for spec in specs {
@@ -509,6 +557,9 @@ impl Supervisor {
                 draining: None,
                 out_log: PathBuf::new(),
                 err_log: PathBuf::new(),
+                notify_status: None,
+                replaces: None,
+                not_ready: false,
             },
         );
         self.dirty = true;
@@ -549,22 +600,30 @@ impl Supervisor {
             return;
         };
         let spec = &app.spec;
-        let (out_log, err_log) = log_paths(&self.logs_dir, spec, p.id);
-        let result = self
-            .logs
-            .capture(spec.clone(), p.id)
-            .and_then(|(stdout, stderr, capture)| {
-                let input = SpawnInput {
-                    spec,
-                    instance: p.instance,
-                    id: p.id,
-                    stdout,
-                    stderr,
-                };
-                let tracked = process::spawn(input)?;
-                self.logs.start(capture, tracked.pid.as_raw() as u32);
-                Ok(tracked)
-            });
+        // A replacement writes where the instance it replaces does.
+        let log_id = p.replaces.unwrap_or(p.id);
+        let (out_log, err_log) = log_paths(&self.logs_dir, spec, log_id);
+        let prepared = self.cluster.prepare(spec, p.instance);
+        let result = match &prepared {
+            Err(e) => Err(std::io::Error::other(e.clone())),
+            Ok(prepared) => {
+                self.logs
+                    .capture(spec.clone(), log_id)
+                    .and_then(|(stdout, stderr, capture)| {
+                        let input = SpawnInput {
+                            spec,
+                            instance: p.instance,
+                            id: log_id,
+                            stdout,
+                            stderr,
+                            handoff: Some(&prepared.handoff),
+                        };
+                        let tracked = process::spawn(input)?;
+                        self.logs.start(capture, tracked.pid.as_raw() as u32);
+                        Ok(tracked)
+                    })
+            }
+        };
         p.out_log = out_log;
         p.err_log = err_log;
         p.deadline = None;
@@ -578,8 +637,19 @@ impl Supervisor {
                 });
                 self.by_pid.insert(tracked.pid, id);
                 transition(p, Event::Spawned);
-                // Fork mode has no readiness signal yet: a spawned process is online.
-                transition(p, Event::Ready);
+                p.notify_status = None;
+                p.not_ready = false;
+                if let Ok(prepared) = prepared {
+                    self.cluster.spawned(prepared, tracked.pid);
+                }
+                if cluster::waits_for_ready(spec) {
+                    // `launching` until ready, bounded by listen_timeout.
+                    let timeout = Duration::from_millis(spec.listen_timeout_ms);
+                    p.deadline = Some((Instant::now() + timeout, DeadlineKind::ListenTimeout));
+                } else {
+                    // Fork mode without wait_ready: a spawned process is online.
+                    became_ready(p, spec);
+                }
                 debug!(id, pid = tracked.pid.as_raw(), app = %p.app, "spawned");
             }
             Err(e) => {
@@ -655,6 +725,7 @@ impl Supervisor {
             return;
         };
         let Some(run) = p.run.take() else { return };
+        self.cluster.exited(run.tracked.pid);
         self.dirty = true;
         // The leader is gone: nothing of its group may outlive it (systemd's control-group rule).
         let group_left = process::group_alive(run.tracked.pid);
@@ -694,10 +765,12 @@ impl Supervisor {
             Decision::Stop { reason } => {
                 p.reason = Some(reason);
                 transition(p, Event::ExitedStop);
+                self.cluster.release(&p.app, p.instance);
             }
             Decision::Errored { reason } => {
                 p.reason = Some(reason);
                 transition(p, Event::ExitedErrored);
+                self.cluster.release(&p.app, p.instance);
             }
         }
     }
@@ -744,6 +817,26 @@ impl Supervisor {
                         p.deadline = Some((now + DRAIN_RECHECK, DeadlineKind::Drain));
                     }
                 }
+                DeadlineKind::ListenTimeout => {
+                    let Some(app) = self.apps.get(&p.app) else {
+                        continue;
+                    };
+                    if p.replaces.is_some() {
+                        // A reload does not hand traffic to an instance that never said so.
+                        p.not_ready = true;
+                    } else {
+                        info!(id, app = %p.app, "not ready within listen_timeout; online anyway");
+                        became_ready(p, &app.spec);
+                    }
+                }
+                DeadlineKind::Watchdog => {
+                    if let Some(run) = p.run {
+                        let reason = "watchdog: no WATCHDOG=1 within watchdog_timeout; restarted";
+                        warn!(id, app = %p.app, "{reason}");
+                        p.reason = Some(reason.into());
+                        let _ = process::signal_group(run.tracked, Signal::SIGKILL);
+                    }
+                }
             }
         }
         self.check_draining();
@@ -770,6 +863,7 @@ impl Supervisor {
         self.dirty = true;
         match then {
             Then::Reply(reply) => {
+                self.close_stopped_apps(&ids);
                 let processes = self.infos(&ids);
                 let _ = reply.send(Ok(ActionResponse { processes, ids }));
             }
@@ -847,6 +941,12 @@ impl Supervisor {
                     let _ = process::signal_group(run.tracked, Signal::SIGKILL);
                     self.by_pid.remove(&run.tracked.pid);
                 }
+                if self
+                    .ids_of(&p.app)
+                    .all(|other| self.procs[&other].instance != p.instance)
+                {
+                    self.cluster.release(&p.app, p.instance);
+                }
                 if !apps.contains(&p.app) {
                     apps.push(p.app);
                 }
@@ -855,6 +955,7 @@ impl Supervisor {
         for name in apps {
             let left = self.ids_of(&name).count() as u32;
             if left == 0 {
+                self.cluster.close(&name);
                 self.apps.remove(&name);
                 info!(app = %name, "app deleted");
             } else if let Some(app) = self.apps.get_mut(&name)
@@ -901,6 +1002,7 @@ impl Supervisor {
             user: self.user.clone(),
             reason: p.reason.clone(),
             last_exit: p.last_exit.clone(),
+            notify_status: p.notify_status.clone(),
         }
     }
 
@@ -957,6 +1059,19 @@ fn transition(p: &mut Proc, event: Event) -> bool {
             warn!(id = p.id, from = ?p.status, ?event, "illegal lifecycle transition ignored");
             false
         }
+    }
+}
+
+/// The instance is ready: `online`, with its watchdog armed.
+fn became_ready(p: &mut Proc, spec: &AppSpec) {
+    if transition(p, Event::Ready) {
+        p.deadline = spec.watchdog_timeout_ms.map(|ms| {
+            (
+                Instant::now() + Duration::from_millis(ms),
+                DeadlineKind::Watchdog,
+            )
+        });
+        debug!(id = p.id, app = %p.app, "ready");
     }
 }
 

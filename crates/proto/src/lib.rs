@@ -7,8 +7,9 @@
 //! # Layout
 //! - [`AppSpec`]: one fully resolved app, as the ecosystem parser produces it and the daemon runs it.
 //! - [`ProcessInfo`], [`Status`]: what `list` and `describe` show about one instance.
+//! - Request structs ([`StartRequest`], [`TargetRequest`], [`ScaleRequest`], [`ReloadRequest`]) and
+//!   their replies.
 //! - [`LogSpec`]: where and how an app's output is written.
-//! - Request structs ([`StartRequest`], [`TargetRequest`], [`ScaleRequest`]) and their replies.
 //! - [`LogEvent`]: one line of the log stream (`pm2rs logs`), newline-delimited JSON.
 //! - [`ApiError`]: the body of every non-2xx reply.
 //!
@@ -19,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,8 @@ pub mod routes {
     pub const SCALE: &str = "/v1/apps/scale";
     /// `POST` [`crate::TargetRequest`] → [`crate::DescribeResponse`].
     pub const DESCRIBE: &str = "/v1/apps/describe";
+    /// `POST` [`crate::ReloadRequest`] → [`crate::ActionResponse`]; rolling replacement.
+    pub const RELOAD: &str = "/v1/apps/reload";
     /// `GET` with [`crate::LogStreamQuery`] → newline-delimited [`crate::LogEvent`]s until the
     /// client goes away or the daemon stops.
     pub const LOG_STREAM: &str = "/v1/logs/stream";
@@ -130,8 +134,35 @@ pub struct AppSpec {
     pub kill_timeout_ms: u64,
     /// The ecosystem file this app came from, if any.
     pub source: Option<PathBuf>,
+    /// Addresses the daemon binds and hands to every instance (cluster mode; `port = N` is
+    /// `0.0.0.0:N`). Empty: nothing is handed over.
+    pub listen: Vec<SocketAddr>,
+    /// One listening socket per instance slot, or one shared by all.
+    pub cluster_socket: ClusterSocket,
+    /// Variable carrying the instance index (PM2's `instance_var`, default `NODE_APP_INSTANCE`).
+    pub instance_var: String,
+    /// Variable whose value (a number, from `env` or else `PORT`) is raised by the instance
+    /// index, PM2's `increment_var`.
+    pub increment_var: Option<String>,
+    /// Online only on `READY=1` (sd_notify) or Node's `process.send('ready')`.
+    pub wait_ready: bool,
+    /// How long an instance may stay `launching` before it is taken as ready (or, in a reload,
+    /// as failed).
+    pub listen_timeout_ms: u64,
+    /// An online instance that does not send `WATCHDOG=1` this often is restarted.
+    pub watchdog_timeout_ms: Option<u64>,
     /// Where and how the app's output is written.
     pub logs: LogSpec,
+}
+
+/// How cluster-mode listening sockets are shared among instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterSocket {
+    /// One SO_REUSEPORT socket per instance slot: the kernel balances connections evenly.
+    Reuseport,
+    /// One socket shared by every instance: whoever accepts first gets the connection.
+    Shared,
 }
 
 /// How an app's output is captured: files, line format, rotation. Paths are absolute; `None`
@@ -187,6 +218,13 @@ impl fmt::Debug for AppSpec {
             .field("kill_signal", &self.kill_signal)
             .field("kill_timeout_ms", &self.kill_timeout_ms)
             .field("source", &self.source)
+            .field("listen", &self.listen)
+            .field("cluster_socket", &self.cluster_socket)
+            .field("instance_var", &self.instance_var)
+            .field("increment_var", &self.increment_var)
+            .field("wait_ready", &self.wait_ready)
+            .field("listen_timeout_ms", &self.listen_timeout_ms)
+            .field("watchdog_timeout_ms", &self.watchdog_timeout_ms)
             .field("logs", &self.logs)
             .finish()
     }
@@ -296,6 +334,8 @@ pub struct ProcessInfo {
     pub reason: Option<String>,
     /// How the last run ended, e.g. `exit code 1` or `signal SIGKILL`.
     pub last_exit: Option<String>,
+    /// The last `STATUS=` the running process sent over NOTIFY_SOCKET, if any.
+    pub notify_status: Option<String>,
 }
 
 /// `GET /v1/ping`.
@@ -346,6 +386,16 @@ pub struct StartResponse {
 pub struct TargetRequest {
     /// The target as the user typed it.
     pub target: String,
+}
+
+/// `POST /v1/apps/reload`: replace the target's instances one batch at a time, each new instance
+/// ready before its old one is stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadRequest {
+    /// The target as the user typed it.
+    pub target: String,
+    /// Instances replaced at the same time (at least 1).
+    pub parallel: u32,
 }
 
 /// How to change an app's instance count.
@@ -512,6 +562,13 @@ mod tests {
             kill_signal: "SIGINT".into(),
             kill_timeout_ms: 1600,
             source: None,
+            listen: vec![],
+            cluster_socket: ClusterSocket::Reuseport,
+            instance_var: "NODE_APP_INSTANCE".into(),
+            increment_var: None,
+            wait_ready: false,
+            listen_timeout_ms: 3000,
+            watchdog_timeout_ms: None,
             logs: LogSpec::unset(),
         };
         let text = format!("{spec:?}");

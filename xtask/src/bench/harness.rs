@@ -297,6 +297,9 @@ pub struct Harness {
     daemon: Option<ProcId>,
     /// Every instance pid seen in a listing or a [`Children`] scan, for cleanup.
     seen: HashMap<u32, ProcId>,
+    /// What a scenario leaves for later ones of its suite; dropped with the harness (after the
+    /// cleanup above), so anything that stops a process on drop stops it then.
+    pub stash: Vec<Box<dyn std::any::Any>>,
 }
 
 impl Harness {
@@ -316,6 +319,7 @@ impl Harness {
             home,
             daemon: None,
             seen: HashMap::new(),
+            stash: Vec::new(),
         })
     }
 

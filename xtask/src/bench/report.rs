@@ -17,7 +17,8 @@ use serde::Serialize;
 
 use super::manager::{Kind, Manager};
 
-/// Unit of a figure and of its target. Every unit so far reads "lower is better".
+/// Unit of a figure and of its target. Every unit but [`Unit::PerSec`] reads "lower is better";
+/// throughput has no target and is compared through the pm2rs/PM2 ratio (higher is better there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
@@ -31,6 +32,10 @@ pub enum Unit {
     Lines,
     /// One time divided by another (`×`).
     Ratio,
+    /// Requests per second (higher is better).
+    PerSec,
+    /// A count of requests (failed ones).
+    Requests,
 }
 
 impl Unit {
@@ -41,6 +46,8 @@ impl Unit {
             Unit::Percent => "% CPU",
             Unit::Lines => "lines",
             Unit::Ratio => "×",
+            Unit::PerSec => "req/s",
+            Unit::Requests => "requests",
         }
     }
 }

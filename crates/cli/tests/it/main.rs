@@ -8,9 +8,13 @@
 //! - `apps`: app lifecycle through the CLI (start, list, crash, restart policy, stop, delete, scale).
 //! - `logs`: log capture, rotation, `logs`/`flush`/`reload-logs`, formats, disk problems.
 //! - `config`: ecosystem files through the CLI (errors change nothing, profiles, JSON).
+//! - `cluster`: cluster mode, readiness and reload with real servers (Node, Python) on real sockets.
+//! - `http`: the load client those tests use.
 
 mod apps;
+mod cluster;
 mod config;
 mod daemon;
 mod harness;
+mod http;
 mod logs;

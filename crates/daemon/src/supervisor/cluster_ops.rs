@@ -1,0 +1,255 @@
+//! The supervisor's side of cluster mode: readiness notices, `reload` jobs (the supervisor is their
+//! [`Host`]), and closing an app's sockets once it is stopped. Kept apart from the core event loop;
+//! every status change still goes through [`transition`].
+
+use super::*;
+
+impl Supervisor {
+    /// A notice from an instance: readiness, status text, watchdog ping.
+    pub(super) fn on_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Notify { pid, message } => {
+                let Some(id) = self.instance_of_pid(pid) else {
+                    debug!(
+                        pid = pid.as_raw(),
+                        "notification from an unknown process ignored"
+                    );
+                    return;
+                };
+                let Some(p) = self.procs.get_mut(&id) else {
+                    return;
+                };
+                let Some(app) = self.apps.get(&p.app) else {
+                    return;
+                };
+                self.dirty = true;
+                if let Some(status) = message.status {
+                    p.notify_status = Some(status);
+                }
+                if message.ready && p.status == Status::Launching && !p.not_ready {
+                    became_ready(p, &app.spec);
+                }
+                if message.watchdog
+                    && p.status == Status::Online
+                    && let Some(ms) = app.spec.watchdog_timeout_ms
+                {
+                    p.deadline = Some((
+                        Instant::now() + Duration::from_millis(ms),
+                        DeadlineKind::Watchdog,
+                    ));
+                }
+                if message.stopping {
+                    info!(id, app = %p.app, "instance says it is stopping");
+                }
+            }
+            Notice::Node { pid, message } => {
+                // By pid: a message from a process that is no longer an instance is stale.
+                let Some(p) = self.by_pid.get(&pid).and_then(|id| self.procs.get_mut(id)) else {
+                    return;
+                };
+                let Some(app) = self.apps.get(&p.app) else {
+                    return;
+                };
+                let ready = match message {
+                    NodeMessage::Ready => true,
+                    // With wait_ready only the app's own word counts.
+                    NodeMessage::Listening => !app.spec.wait_ready,
+                    NodeMessage::Listen { port, host } => {
+                        self.cluster
+                            .answer_listen(&app.spec, p.instance, pid, port, host);
+                        false
+                    }
+                };
+                if ready && p.status == Status::Launching && !p.not_ready {
+                    self.dirty = true;
+                    became_ready(p, &app.spec);
+                }
+            }
+        }
+    }
+
+    /// The instance whose process (or a process of its group) is `pid`.
+    fn instance_of_pid(&self, pid: Pid) -> Option<u32> {
+        if let Some(id) = self.by_pid.get(&pid) {
+            return Some(*id);
+        }
+        let pgid = nix::unistd::getpgid(Some(pid)).ok()?;
+        self.by_pid.get(&pgid).copied()
+    }
+
+    /// `reload <target>`: replace the running instances of the target one batch at a time;
+    /// stopped ones are just started.
+    pub(super) fn reload(&mut self, request: ReloadRequest, reply: Reply<ActionResponse>) {
+        let ids = match self.resolve(&request.target) {
+            Ok(ids) => ids,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        // An instance already in a reload is left to that one.
+        let busy = |id: &u32| self.reloads.iter().any(|(job, _)| job.involves(*id));
+        if !ids.is_empty() && ids.iter().all(busy) {
+            let _ = reply.send(Err(api_error(
+                ErrorKind::Failed,
+                &format!(
+                    "a reload of `{}` is already running; wait for it to finish",
+                    request.target
+                ),
+            )));
+            return;
+        }
+        let ids: Vec<u32> = ids.into_iter().filter(|id| !busy(id)).collect();
+        let mut running = Vec::new();
+        for id in ids {
+            match self.procs.get(&id).map(|p| p.status) {
+                Some(Status::Online | Status::Launching) => running.push(id),
+                Some(Status::Stopped | Status::Errored) => self.start_proc(id, true),
+                _ => {}
+            }
+        }
+        info!(target = %request.target, instances = running.len(), parallel = request.parallel, "reload");
+        self.reloads
+            .push((Reload::new(running, request.parallel), reply));
+        self.advance_reloads();
+    }
+
+    /// Moves every reload forward; replies to the ones that are over.
+    pub(super) fn advance_reloads(&mut self) {
+        let mut i = 0;
+        while i < self.reloads.len() {
+            let (mut job, reply) = self.reloads.swap_remove(i);
+            if job.advance(self) {
+                let ids = job.replaced.clone();
+                let result = match job.failure {
+                    None => Ok(ActionResponse {
+                        processes: self.infos(&ids),
+                        ids,
+                    }),
+                    Some(why) => {
+                        let done = if ids.is_empty() {
+                            "no instance was replaced".to_string()
+                        } else {
+                            let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+                            format!("replaced so far: id {}", list.join(", "))
+                        };
+                        Err(api_error(
+                            ErrorKind::Failed,
+                            &format!(
+                                "reload stopped: {why}; the old instance keeps serving ({done})"
+                            ),
+                        ))
+                    }
+                };
+                let _ = reply.send(result);
+                self.dirty = true;
+            } else {
+                self.reloads.push((job, reply));
+                let last = self.reloads.len() - 1;
+                self.reloads.swap(i, last);
+                i += 1;
+            }
+        }
+    }
+
+    /// After `stop`: the sockets of apps with no instance left running are closed, so new
+    /// connections are refused instead of waiting for nobody; an app that still runs loses only
+    /// the slots of its stopped instances (their connections go to the others).
+    pub(super) fn close_stopped_apps(&mut self, ids: &[u32]) {
+        let mut names: Vec<String> = ids
+            .iter()
+            .filter_map(|id| self.procs.get(id).map(|p| p.app.clone()))
+            .collect();
+        names.dedup();
+        for name in names {
+            if self.ids_of(&name).all(|id| self.procs[&id].settled()) {
+                self.cluster.close(&name);
+            }
+        }
+        for id in ids {
+            if let Some(p) = self.procs.get(id)
+                && p.settled()
+            {
+                self.cluster.release(&p.app, p.instance);
+            }
+        }
+    }
+}
+
+impl reload::Host for Supervisor {
+    fn start_replacement(&mut self, old: u32) -> Option<u32> {
+        let (app, instance) = {
+            let p = self.procs.get(&old)?;
+            if !matches!(p.status, Status::Online | Status::Launching) {
+                return None;
+            }
+            (p.app.clone(), p.instance)
+        };
+        let new = self.add_proc(&app);
+        if let Some(p) = self.procs.get_mut(&new) {
+            // Same slot, so the same listening socket.
+            p.instance = instance;
+            p.replaces = Some(old);
+        }
+        self.start_proc(new, false);
+        Some(new)
+    }
+
+    fn state(&self, new: u32) -> NewState {
+        let Some(p) = self.procs.get(&new) else {
+            return NewState::Failed(format!("new instance {new} disappeared"));
+        };
+        let pid = p
+            .run
+            .map_or_else(String::new, |r| format!(" (pid {})", r.tracked.pid));
+        match p.status {
+            Status::Online => NewState::Ready,
+            Status::Launching if p.not_ready => NewState::Failed(format!(
+                "new instance of `{}` #{}{pid} was not ready within listen_timeout",
+                p.app, p.instance
+            )),
+            Status::Launching if p.restarts == 0 => NewState::Waiting,
+            _ => NewState::Failed(format!(
+                "new instance of `{}` #{} exited before it was ready ({})",
+                p.app,
+                p.instance,
+                p.last_exit.as_deref().unwrap_or("could not start")
+            )),
+        }
+    }
+
+    fn stop(&mut self, id: u32) {
+        self.stop_ids(&[id]);
+    }
+
+    fn settled(&self, id: u32) -> bool {
+        self.procs.get(&id).is_none_or(Proc::settled)
+    }
+
+    fn finish(&mut self, old: u32, new: u32) {
+        let Some(gone) = self.procs.remove(&old) else {
+            return;
+        };
+        let Some(mut p) = self.procs.remove(&new) else {
+            return;
+        };
+        // The new instance takes the old one's id, as PM2's reload keeps ids.
+        p.id = old;
+        p.replaces = None;
+        p.restarts = gone.restarts + 1;
+        if let Some(run) = p.run {
+            self.by_pid.insert(run.tracked.pid, old);
+        }
+        self.procs.insert(old, p);
+        self.dirty = true;
+    }
+
+    fn discard(&mut self, new: u32) {
+        let app = self.procs.get(&new).map(|p| p.app.clone());
+        self.procs.remove(&new);
+        if let Some(app) = app {
+            debug!(%app, id = new, "discarded a replacement that failed");
+        }
+        self.dirty = true;
+    }
+}
