@@ -21,7 +21,8 @@
 //!   the npm install of PM2.
 //! - `report`: figures, their pooling over rounds and managers, the Markdown table, the JSON.
 //! - `core_suite`: the core suite (daemon footprint, start, list, crash, restart, idle CPU).
-//! - `logs`: the log-capture suite (a 1,000,000-line flood against a file and `| cat`; pm2rs only).
+//! - `logs`: the log-capture suite (a 1,000,000-line flood captured by the manager, against a file
+//!   and `| cat` in the same run).
 //! - `cluster`: the cluster suite (req/s of a Node hello-world through a 2-instance cluster, failed
 //!   requests while `reload` runs under load; against PM2's cluster mode with `--compare pm2`).
 //! - This file: options, the list of suites, the rounds.
@@ -172,7 +173,7 @@ const SUITES: &[Suite] = &[
     core_suite::SUITE,
     Suite {
         name: "logs",
-        compare: false,
+        compare: true,
         scenarios: &[Scenario {
             name: "log flood",
             run: logs::flood,

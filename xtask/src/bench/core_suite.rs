@@ -80,6 +80,8 @@ fn app(name: &str, instances: usize) -> App<'_> {
         script: PROGRAM,
         args: PROGRAM_ARGS,
         instances,
+        autorestart: true,
+        rotate_logs: true,
     }
 }
 

@@ -329,10 +329,6 @@ impl Harness {
     }
 
     /// The manager's home (`PM2RS_HOME` / `PM2_HOME`), for suites that read its files (logs).
-    #[allow(
-        dead_code,
-        reason = "harness API for the suites of other files (logs, cluster)"
-    )]
     pub fn home(&self) -> &Path {
         &self.home
     }

@@ -1,13 +1,19 @@
-//! The `logs` suite: a flood of 1,000,000 lines of 100 bytes through the daemon, against the same
-//! app (a) writing straight to a file and (b) piped into `cat > file`, in the same run.
+//! The `logs` suite: a flood of 1,000,000 lines of 100 bytes captured by the manager (pm2rs, and
+//! PM2 with `--compare pm2`), against the same app (a) writing straight to a file and (b) piped into
+//! `cat > file`, in the same run.
 //!
-//! The app is this very executable (`xtask flood-writer`): it builds its lines first, then writes
-//! them (1,000 lines per `write`, or one line per `write`) and records, in a report file, when
-//! its first write began and how long its writes took. "Wall" is from that first write until
-//! every byte is in the file: for (a) the end of the writes, for (b) the exit of `cat`, for pm2rs
-//! the moment the file reaches its full size (polled every millisecond, so up to 1 ms late).
-//! Then every line of the pm2rs file is checked: lines lost = expected lines not found in order.
-//! Daemon peak RSS is `VmHWM` of the daemon after the floods.
+//! The app is this very executable (`xtask flood-writer`), run by either manager directly
+//! (`interpreter "none"`, fork mode, no restart, no rotation): it builds its lines first, then
+//! writes them (1,000 lines per `write`, or one line per `write`) and records, in a report file,
+//! when its first write began and how long its writes took. "Wall" is from that first write until
+//! every byte is in the file: for (a) the end of the writes, for (b) the exit of `cat`, for a
+//! manager the moment its out log file reaches the full size (polled every millisecond, so up to
+//! 1 ms late). The out log file is the manager's default one in its home: pm2rs
+//! `$PM2RS_HOME/logs/<name>-out.log`, PM2 `$PM2_HOME/logs/<name>-out-<pm_id>.log` (PM2 adds the
+//! id when `instances` is given; with default options it writes the app's bytes unchanged). Then
+//! every line of the file is checked: lines lost = expected lines not found in order. Each run of
+//! a write size does (a), (b) and the manager's flood, in an order that rotates from run to run.
+//! Daemon peak RSS is `VmHWM` of the daemon (pm2rs's, or PM2's God Daemon) after all floods.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -17,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::harness::{Harness, Stdout, poll_until, unix_micros};
+use super::harness::{Harness, Stdout, interrupted, poll_until, unix_micros};
+use super::manager::{App, Cli, Kind};
 use super::report::{Measurement, Unit, mib};
 use super::{Options, WAIT};
 
@@ -110,12 +117,17 @@ struct Figures {
     wall_ms: f64,
 }
 
+/// How long one flood may take to land in the file (PM2 at one line per write is the slowest).
+const FLOOD_WAIT: Duration = Duration::from_secs(120);
+
 fn direct(scratch: &Path, per_write: usize) -> Result<Figures> {
     let out = scratch.join("direct.log");
     let report = scratch.join("direct.report");
     let status = writer(per_write, &report)?
         .stdout(fs::File::create(&out)?)
         .status()?;
+    // Ctrl-C reaches the writer too; say so rather than blame it.
+    interrupted()?;
     ensure!(status.success(), "the writer failed: {status}");
     let r = read_report(&report)?;
     let _ = fs::remove_file(&out);
@@ -135,8 +147,10 @@ fn via_cat(scratch: &Path, per_write: usize) -> Result<Figures> {
         .stdout(fs::File::create(&out)?)
         .status()?;
     let done_us = unix_micros();
+    let app_status = app.wait()?;
+    interrupted()?;
     ensure!(
-        app.wait()?.success() && status.success(),
+        app_status.success() && status.success(),
         "writer | cat failed"
     );
     let r = read_report(&report)?;
@@ -147,33 +161,61 @@ fn via_cat(scratch: &Path, per_write: usize) -> Result<Figures> {
     })
 }
 
-/// One flood through the daemon; returns figures and lines lost.
-fn via_pm2rs(h: &mut Harness, name: &str, per_write: usize) -> Result<(Figures, usize)> {
-    let scratch = h.scratch().to_path_buf();
-    let out = scratch.join(format!("{name}.log"));
-    let report = scratch.join(format!("{name}.report"));
-    let exe = std::env::current_exe()?;
-    let eco = scratch.join(format!("{name}.toml"));
-    fs::write(
-        &eco,
-        format!(
-            "[[apps]]\nname = \"{name}\"\nscript = {exe:?}\ninterpreter = \"none\"\n\
-             args = [\"flood-writer\", \"{LINES}\", \"{per_write}\", {report:?}]\n\
-             autorestart = false\nout_file = {out:?}\nlog_max_size = 0\n",
-            exe = exe.display().to_string(),
-            report = report.display().to_string(),
-            out = out.display().to_string(),
-        ),
+/// The out log file of app `name` in `logs`, once the manager has created it: `<name>-out.log`
+/// (pm2rs) or `<name>-out-<id>.log` (PM2).
+fn out_log(logs: &Path, name: &str) -> Option<PathBuf> {
+    let prefix = format!("{name}-out");
+    fs::read_dir(logs).ok()?.flatten().find_map(|entry| {
+        let file = entry.file_name();
+        let file = file.to_str()?;
+        let rest = file.strip_prefix(&prefix)?.strip_suffix(".log")?;
+        let id = rest.strip_prefix('-').unwrap_or(rest);
+        id.bytes().all(|b| b.is_ascii_digit()).then(|| entry.path())
+    })
+}
+
+/// One flood through the manager; returns figures and lines lost.
+fn via_manager(h: &mut Harness, name: &str, per_write: usize) -> Result<(Figures, usize)> {
+    let report = h.scratch().join(format!("{name}.report"));
+    let report_arg = report.to_string_lossy().into_owned();
+    let exe = std::env::current_exe().context("finding the xtask executable")?;
+    let exe = exe.to_string_lossy().into_owned();
+    let (lines, per_write) = (LINES.to_string(), per_write.to_string());
+    let args = ["flood-writer", &lines, &per_write, &report_arg];
+    let eco = h.write_ecosystem(
+        name,
+        &[App {
+            name,
+            script: &exe,
+            args: &args,
+            instances: 1,
+            autorestart: false,
+            rotate_logs: false,
+        }],
     )?;
-    h.run(&["start", &eco.to_string_lossy()], Stdout::Discard)?;
+    h.cli(Cli::Start(&eco), Stdout::Discard)?;
+    let logs = h.home().join("logs");
     let full = (LINES * LINE_LEN) as u64;
+    let mut out = None;
     poll_until(
-        &format!("{} to reach {full} bytes", out.display()),
-        WAIT,
+        &format!(
+            "the out log of `{name}` in {} to reach {full} bytes",
+            logs.display()
+        ),
+        FLOOD_WAIT,
         Duration::from_millis(1),
-        || Ok((fs::metadata(&out).map_or(0, |m| m.len()) >= full).then_some(())),
+        || {
+            if out.is_none() {
+                out = out_log(&logs, name);
+            }
+            let size = out
+                .as_ref()
+                .map_or(0, |f| fs::metadata(f).map_or(0, |m| m.len()));
+            Ok((size >= full).then_some(()))
+        },
     )?;
     let done_us = unix_micros();
+    let out = out.context("no out log")?;
     let r = poll_until(
         "the writer's report",
         WAIT,
@@ -181,7 +223,7 @@ fn via_pm2rs(h: &mut Harness, name: &str, per_write: usize) -> Result<(Figures, 
         || Ok(read_report(&report).ok()),
     )?;
     let lost = lines_lost(&out)?;
-    h.run(&["delete", name], Stdout::Discard)?;
+    h.cli(Cli::Delete(name), Stdout::Discard)?;
     let _ = fs::remove_file(&out);
     Ok((
         Figures {
@@ -192,65 +234,116 @@ fn via_pm2rs(h: &mut Harness, name: &str, per_write: usize) -> Result<(Figures, 
     ))
 }
 
+/// The three ways one flood is written.
+#[derive(Clone, Copy)]
+enum Way {
+    Direct,
+    Cat,
+    Manager,
+}
+
+/// The samples of one write size.
+#[derive(Default)]
+struct Samples {
+    direct_wall: Vec<f64>,
+    cat_wall: Vec<f64>,
+    cat_own: Vec<f64>,
+    managed_wall: Vec<f64>,
+    managed_own: Vec<f64>,
+    /// Manager wall ÷ (b) wall of the same run.
+    ratio: Vec<f64>,
+}
+
+/// Where the manager's capture goes, for the note of its figures.
+fn capture_note(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Pm2rs => {
+            "until `$PM2RS_HOME/logs/<name>-out.log` (`log_max_size = 0`: no rotation) has every \
+             byte, polled every 1 ms"
+        }
+        Kind::Pm2 => {
+            "until `$PM2_HOME/logs/<name>-out-<id>.log` (no rotation without pm2-logrotate) has \
+             every byte, polled every 1 ms"
+        }
+    }
+}
+
 /// The scenario: both write sizes, three ways each, then the daemon's peak RSS.
 pub fn flood(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
-    h.run(&["ping"], Stdout::Discard)?;
+    h.cli(Cli::Ping, Stdout::Discard)?;
     let daemon = h.daemon()?;
-    let runs = if options.quick { 1 } else { 3 };
+    let kind = h.kind();
+    let runs = options.reps(3, 1);
     let scratch: PathBuf = h.scratch().to_path_buf();
     let mut out = Vec::new();
     let mut total_lost = 0;
     for (label, per_write) in [("1000 lines/write", 1000), ("1 line/write", 1)] {
-        let (mut d_wall, mut c_wall, mut p_wall, mut c_own, mut p_own) =
-            (vec![], vec![], vec![], vec![], vec![]);
+        let mut s = Samples::default();
         for run in 0..runs {
-            super::harness::interrupted()?;
-            d_wall.push(direct(&scratch, per_write)?.wall_ms);
-            let c = via_cat(&scratch, per_write)?;
-            c_wall.push(c.wall_ms);
-            c_own.push(c.own_ms);
-            let (p, lost) = via_pm2rs(h, &format!("flood{per_write}x{run}"), per_write)?;
-            p_wall.push(p.wall_ms);
-            p_own.push(p.own_ms);
-            total_lost += lost;
+            // Rotate the order, so no way always runs right after the same other one.
+            let mut order = [Way::Direct, Way::Cat, Way::Manager];
+            order.rotate_left(run % 3);
+            let (mut cat, mut managed) = (f64::NAN, f64::NAN);
+            for way in order {
+                interrupted()?;
+                match way {
+                    Way::Direct => s.direct_wall.push(direct(&scratch, per_write)?.wall_ms),
+                    Way::Cat => {
+                        let c = via_cat(&scratch, per_write)?;
+                        cat = c.wall_ms;
+                        s.cat_wall.push(c.wall_ms);
+                        s.cat_own.push(c.own_ms);
+                    }
+                    Way::Manager => {
+                        let name = format!("flood{per_write}x{run}");
+                        let (m, lost) = via_manager(h, &name, per_write)?;
+                        managed = m.wall_ms;
+                        s.managed_wall.push(m.wall_ms);
+                        s.managed_own.push(m.own_ms);
+                        total_lost += lost;
+                    }
+                }
+            }
+            s.ratio.push(managed / cat);
         }
-        let median = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+        let figure = |what: &str, samples: Vec<f64>, note: &str| {
+            Measurement::repeated(format!("{label}: {what}"), Unit::Ms, samples, None)
+                .with_note(note)
         };
-        let ratio = median(&p_wall) / median(&c_wall);
-        out.push(Measurement::repeated(
-            format!("{label}: (a) straight to a file"),
-            Unit::Ms,
-            d_wall,
-            None,
-        ));
-        out.push(
+        out.extend([
+            figure(
+                "(a) straight to a file",
+                s.direct_wall,
+                "the app's own write time, stdout a file: nothing captures it",
+            ),
+            figure(
+                "(b) | cat > file, wall",
+                s.cat_wall,
+                "from the app's first write until `cat` exits",
+            ),
+            figure(
+                "(b) | cat > file, the app's own write time",
+                s.cat_own,
+                "from its first write until its last returned",
+            ),
+            figure(
+                "captured by the manager, wall until all lines are in its file",
+                s.managed_wall,
+                &format!("from the app's first write {}", capture_note(kind)),
+            ),
+            figure(
+                "captured by the manager, the app's own write time",
+                s.managed_own,
+                "from its first write until its last returned (a full pipe blocks it)",
+            ),
             Measurement::repeated(
-                format!("{label}: (b) | cat > file, wall"),
-                Unit::Ms,
-                c_wall,
-                None,
+                format!("{label}: captured wall ÷ (b) wall"),
+                Unit::Ratio,
+                s.ratio,
+                Some(TARGET_RATIO),
             )
-            .with_note(format!(
-                "the app's own write time: median {:.0} ms",
-                median(&c_own)
-            )),
-        );
-        out.push(
-            Measurement::repeated(
-                format!("{label}: pm2rs, wall until all lines are in the file"),
-                Unit::Ms,
-                p_wall,
-                None,
-            )
-            .with_note(format!(
-                "the app's own write time: median {:.0} ms; median wall is {ratio:.2}× (b) \
-                 (target ≤ {TARGET_RATIO}×)",
-                median(&p_own)
-            )),
-        );
+            .with_note("per run: the manager's wall divided by the wall of (b) in the same run"),
+        ]);
     }
     let peak = vm_hwm(daemon.pid)?;
     out.push(
@@ -260,7 +353,10 @@ pub fn flood(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
             mib(peak),
             Some(TARGET_PEAK_RSS_MIB),
         )
-        .with_note(format!("VmHWM of pid {}", daemon.pid)),
+        .with_note(match kind {
+            Kind::Pm2rs => "VmHWM of the daemon (the pid in `pm2rs.pid`) after all floods",
+            Kind::Pm2 => "VmHWM of the God Daemon (the pid in `pm2.pid`) after all floods",
+        }),
     );
     out.push(
         Measurement::single(
@@ -289,4 +385,57 @@ fn vm_hwm(pid: u32) -> Result<u64> {
         .context("empty VmHWM")?
         .parse()?;
     Ok(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_out_log_is_found_under_either_managers_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path();
+        assert_eq!(out_log(logs, "flood1x1"), None);
+        for other in [
+            "flood1x10-out.log",
+            "flood1x1-error.log",
+            "flood1x1-out-x.log",
+            "flood1x1-out.log.1",
+        ] {
+            fs::write(logs.join(other), "").unwrap();
+        }
+        assert_eq!(out_log(logs, "flood1x1"), None);
+        fs::write(logs.join("flood1x1-out-12.log"), "").unwrap();
+        assert_eq!(
+            out_log(logs, "flood1x1"),
+            Some(logs.join("flood1x1-out-12.log"))
+        );
+        fs::write(logs.join("flood1000x0-out.log"), "").unwrap();
+        assert_eq!(
+            out_log(logs, "flood1000x0"),
+            Some(logs.join("flood1000x0-out.log"))
+        );
+    }
+
+    #[test]
+    fn lost_lines_are_the_missing_truncated_and_out_of_order_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.log");
+        let line = |i: usize| {
+            let mut l = format!("{i:09} ");
+            l.extend(std::iter::repeat_n('x', LINE_LEN - 1 - l.len()));
+            l + "\n"
+        };
+        // 1, 2, 4 intact; 5 cut short; 3 after 4 (out of order); then 6.
+        let text = [
+            line(1),
+            line(2),
+            line(4),
+            line(5)[..50].to_string() + "\n",
+            line(3),
+            line(6),
+        ];
+        fs::write(&path, text.concat()).unwrap();
+        assert_eq!(lines_lost(&path).unwrap(), LINES - 4);
+    }
 }

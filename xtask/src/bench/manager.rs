@@ -66,7 +66,7 @@ pub struct Instance {
     pub started_at_ms: Option<f64>,
 }
 
-/// A long-running app of a bench ecosystem, run directly (no interpreter) in fork mode.
+/// An app of a bench ecosystem, run directly (no interpreter) in fork mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct App<'a> {
     pub name: &'a str,
@@ -74,6 +74,12 @@ pub struct App<'a> {
     pub script: &'a str,
     pub args: &'a [&'a str],
     pub instances: usize,
+    /// Restart it when it exits (both managers' default); `false` for an app that runs once.
+    pub autorestart: bool,
+    /// Let the manager rotate its log files. pm2rs rotates by default (`false` writes
+    /// `log_max_size = 0`); PM2 rotates only with the pm2-logrotate module, which the bench never
+    /// installs, so for PM2 this changes nothing.
+    pub rotate_logs: bool,
 }
 
 /// A manager the bench can drive.
@@ -192,6 +198,12 @@ impl Manager {
                         args.join(", "),
                         app.instances
                     ));
+                    if !app.autorestart {
+                        text.push_str("autorestart = false\n");
+                    }
+                    if !app.rotate_logs {
+                        text.push_str("log_max_size = 0\n");
+                    }
                 }
                 ("toml", text)
             }
@@ -208,6 +220,7 @@ impl Manager {
                             "interpreter": "none",
                             "exec_mode": "fork",
                             "instances": app.instances,
+                            "autorestart": app.autorestart,
                         })
                     })
                     .collect();
@@ -372,6 +385,8 @@ mod tests {
             script: "sleep",
             args: &["100000"],
             instances: 7,
+            autorestart: false,
+            rotate_logs: false,
         }];
         let (file, toml_text) = pm2rs().ecosystem(&apps);
         assert_eq!(file, "toml");
@@ -380,6 +395,8 @@ mod tests {
         assert_eq!(app["script"].as_str(), Some("sleep"));
         assert_eq!(app["instances"].as_integer(), Some(7));
         assert_eq!(app["interpreter"].as_str(), Some("none"));
+        assert_eq!(app["autorestart"].as_bool(), Some(false));
+        assert_eq!(app["log_max_size"].as_integer(), Some(0));
 
         let (file, json_text) = pm2().ecosystem(&apps);
         assert_eq!(file, "json");
@@ -389,5 +406,6 @@ mod tests {
         assert_eq!(app["instances"], 7);
         assert_eq!(app["exec_mode"], "fork");
         assert_eq!(app["interpreter"], "none");
+        assert_eq!(app["autorestart"], false);
     }
 }

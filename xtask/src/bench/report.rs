@@ -30,6 +30,8 @@ pub enum Unit {
     Percent,
     /// A count of lines.
     Lines,
+    /// One time divided by another (`×`).
+    Ratio,
     /// Requests per second (higher is better).
     PerSec,
     /// A count of requests (failed ones).
@@ -43,6 +45,7 @@ impl Unit {
             Unit::Mib => "MiB",
             Unit::Percent => "% CPU",
             Unit::Lines => "lines",
+            Unit::Ratio => "×",
             Unit::PerSec => "req/s",
             Unit::Requests => "requests",
         }
