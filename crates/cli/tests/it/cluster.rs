@@ -126,6 +126,39 @@ fn node_instances_share_a_fixed_port_without_code_changes() {
 }
 
 #[test]
+fn a_raw_node_net_server_shares_its_port_too() {
+    use std::io::Read;
+    let t = Pm2rs::new();
+    let port = free_port();
+    // Not http: a plain TCP server that writes its pid and closes.
+    t.write(
+        "tcp.js",
+        &format!("require('net').createServer(s => s.end(String(process.pid))).listen({port});\n"),
+    );
+    start_cluster(
+        &t,
+        "tcp",
+        "tcp.js",
+        &format!("instances = 2\nport = {port}\n"),
+    );
+    t.wait_online("tcp", 2);
+    let mut seen = BTreeSet::new();
+    let ok = eventually(DEADLINE, || {
+        let mut pid = String::new();
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port))
+            && conn.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
+            && conn.read_to_string(&mut pid).is_ok()
+            && !pid.is_empty()
+        {
+            seen.insert(pid);
+        }
+        seen.len() >= 2
+    });
+    assert!(ok, "only {seen:?} answered on port {port}");
+    assert!(seen.is_subset(&pid_set(&t, "tcp")), "{seen:?}");
+}
+
+#[test]
 fn start_node_script_with_i_shares_its_port_as_pm2_cluster_mode_does() {
     let t = Pm2rs::new();
     let port = free_port();
