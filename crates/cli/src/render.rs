@@ -755,7 +755,7 @@ fn wrap(text: &str, width: Option<usize>, first: &str, indent: &str) -> Vec<Stri
 mod tests {
     use std::collections::BTreeMap;
 
-    use pm2rs_proto::{AppSpec, ClusterSocket, ExecMode};
+    use pm2rs_proto::{AppSpec, ExecMode};
 
     use super::*;
 
@@ -810,13 +810,9 @@ mod tests {
 
     fn spec() -> AppSpec {
         AppSpec {
-            name: "api".into(),
-            namespace: "default".into(),
-            script: "/srv/app/bin/api-server".into(),
             args: vec!["--port".into(), "8080".into(), "hello world".into()],
             interpreter: Some("python3".into()),
             interpreter_args: vec!["-u".into()],
-            cwd: "/srv/app".into(),
             env: BTreeMap::from([
                 (
                     "DATABASE_URL".to_string(),
@@ -825,27 +821,15 @@ mod tests {
                 ("TOKEN".to_string(), "s3cret-value".to_string()),
             ]),
             instances: 2,
-            exec_mode: ExecMode::Fork,
-            autorestart: true,
-            max_restarts: 16,
-            min_uptime_ms: 1000,
             restart_delay_ms: 500,
             exp_backoff_restart_delay_ms: Some(100),
             stop_exit_codes: vec![0, 3],
-            kill_signal: "SIGINT".into(),
-            kill_timeout_ms: 1600,
             source: Some("/srv/app/ecosystem.toml".into()),
-            listen: vec![],
-            cluster_socket: ClusterSocket::Reuseport,
-            instance_var: "NODE_APP_INSTANCE".into(),
-            increment_var: None,
-            wait_ready: false,
-            listen_timeout_ms: 3000,
-            watchdog_timeout_ms: None,
             logs: pm2rs_proto::LogSpec {
                 max_size: Some(1 << 20),
                 ..pm2rs_proto::LogSpec::unset()
             },
+            ..AppSpec::new("api", "/srv/app/bin/api-server", "/srv/app")
         }
     }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use pm2rs_proto::{AppSpec, ClusterSocket, ExecMode, LogSpec};
+use pm2rs_proto::{AppSpec, ClusterSocket, ExecMode, LogSpec, defaults};
 
 use crate::error::{Diag, Loc};
 use crate::keys::{self, ENV_PROFILE_PREFIX, Field, Kind};
@@ -25,19 +25,6 @@ use crate::units::{
     MAX_BACKOFF_MS, MAX_DURATION_MS, MAX_LOG_RETAIN, MAX_MAX_RESTARTS, MIN_LOG_MAX_SIZE,
     instances_from_int, parse_duration_ms, parse_instances, parse_size_bytes,
 };
-
-/// PM2's defaults.
-pub(crate) mod defaults {
-    pub(crate) const NAMESPACE: &str = "default";
-    pub(crate) const INSTANCES: u32 = 1;
-    pub(crate) const AUTORESTART: bool = true;
-    pub(crate) const MAX_RESTARTS: u32 = 16;
-    pub(crate) const MIN_UPTIME_MS: u64 = 1000;
-    pub(crate) const RESTART_DELAY_MS: u64 = 0;
-    pub(crate) const KILL_TIMEOUT_MS: u64 = 1600;
-    pub(crate) const LISTEN_TIMEOUT_MS: u64 = 3000;
-    pub(crate) const INSTANCE_VAR: &str = "NODE_APP_INSTANCE";
-}
 
 /// Interpreter chosen by script extension when `interpreter` is not set.
 pub(crate) const DEFAULT_INTERPRETERS: &[(&str, &str)] = &[

@@ -192,6 +192,60 @@ pub struct LogSpec {
     pub compress: Option<bool>,
 }
 
+/// PM2's defaults for the settings an ecosystem file may leave out.
+pub mod defaults {
+    pub const NAMESPACE: &str = "default";
+    pub const INSTANCES: u32 = 1;
+    pub const AUTORESTART: bool = true;
+    pub const MAX_RESTARTS: u32 = 16;
+    pub const MIN_UPTIME_MS: u64 = 1000;
+    pub const RESTART_DELAY_MS: u64 = 0;
+    pub const KILL_SIGNAL: &str = "SIGINT";
+    pub const KILL_TIMEOUT_MS: u64 = 1600;
+    pub const LISTEN_TIMEOUT_MS: u64 = 3000;
+    pub const INSTANCE_VAR: &str = "NODE_APP_INSTANCE";
+}
+
+impl AppSpec {
+    /// An app that runs `script` directly (no interpreter) in `cwd`, with every other setting at
+    /// its [`defaults`]: fork mode, one instance, no environment of its own, default log files.
+    pub fn new(
+        name: impl Into<String>,
+        script: impl Into<PathBuf>,
+        cwd: impl Into<PathBuf>,
+    ) -> AppSpec {
+        AppSpec {
+            name: name.into(),
+            namespace: defaults::NAMESPACE.into(),
+            script: script.into(),
+            args: vec![],
+            interpreter: None,
+            interpreter_args: vec![],
+            cwd: cwd.into(),
+            env: BTreeMap::new(),
+            instances: defaults::INSTANCES,
+            exec_mode: ExecMode::Fork,
+            autorestart: defaults::AUTORESTART,
+            max_restarts: defaults::MAX_RESTARTS,
+            min_uptime_ms: defaults::MIN_UPTIME_MS,
+            restart_delay_ms: defaults::RESTART_DELAY_MS,
+            exp_backoff_restart_delay_ms: None,
+            stop_exit_codes: vec![],
+            kill_signal: defaults::KILL_SIGNAL.into(),
+            kill_timeout_ms: defaults::KILL_TIMEOUT_MS,
+            source: None,
+            listen: vec![],
+            cluster_socket: ClusterSocket::Reuseport,
+            instance_var: defaults::INSTANCE_VAR.into(),
+            increment_var: None,
+            wait_ready: false,
+            listen_timeout_ms: defaults::LISTEN_TIMEOUT_MS,
+            watchdog_timeout_ms: None,
+            logs: LogSpec::unset(),
+        }
+    }
+}
+
 impl fmt::Debug for AppSpec {
     /// Hand-written so that env values (which may be secrets) never reach a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -543,33 +597,8 @@ mod tests {
     #[test]
     fn debug_of_spec_hides_env_values() {
         let spec = AppSpec {
-            name: "api".into(),
-            namespace: "default".into(),
-            script: "/bin/true".into(),
-            args: vec![],
-            interpreter: None,
-            interpreter_args: vec![],
-            cwd: "/".into(),
             env: BTreeMap::from([("TOKEN".to_string(), "s3cret".to_string())]),
-            instances: 1,
-            exec_mode: ExecMode::Fork,
-            autorestart: true,
-            max_restarts: 16,
-            min_uptime_ms: 1000,
-            restart_delay_ms: 0,
-            exp_backoff_restart_delay_ms: None,
-            stop_exit_codes: vec![],
-            kill_signal: "SIGINT".into(),
-            kill_timeout_ms: 1600,
-            source: None,
-            listen: vec![],
-            cluster_socket: ClusterSocket::Reuseport,
-            instance_var: "NODE_APP_INSTANCE".into(),
-            increment_var: None,
-            wait_ready: false,
-            listen_timeout_ms: 3000,
-            watchdog_timeout_ms: None,
-            logs: LogSpec::unset(),
+            ..AppSpec::new("api", "/bin/true", "/")
         };
         let text = format!("{spec:?}");
         assert!(text.contains("TOKEN"));

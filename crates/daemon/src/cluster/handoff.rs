@@ -122,33 +122,9 @@ mod tests {
 
     fn spec(script: &str) -> AppSpec {
         AppSpec {
-            name: "t".into(),
-            namespace: "default".into(),
-            script: script.into(),
-            args: vec![],
             interpreter: Some("/bin/sh".into()),
-            interpreter_args: vec![],
-            cwd: "/".into(),
-            env: BTreeMap::new(),
-            instances: 1,
             exec_mode: pm2rs_proto::ExecMode::Cluster,
-            autorestart: true,
-            max_restarts: 16,
-            min_uptime_ms: 1000,
-            restart_delay_ms: 0,
-            exp_backoff_restart_delay_ms: None,
-            stop_exit_codes: vec![],
-            kill_signal: "SIGINT".into(),
-            kill_timeout_ms: 1600,
-            source: None,
-            listen: vec![],
-            cluster_socket: pm2rs_proto::ClusterSocket::Reuseport,
-            instance_var: "NODE_APP_INSTANCE".into(),
-            increment_var: None,
-            wait_ready: false,
-            listen_timeout_ms: 3000,
-            watchdog_timeout_ms: None,
-            logs: pm2rs_proto::LogSpec::unset(),
+            ..AppSpec::new("t", script, "/")
         }
     }
 

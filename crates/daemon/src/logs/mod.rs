@@ -440,21 +440,11 @@ mod tests {
     use super::*;
 
     fn spec(instances: u32, merge: bool, out: Option<&str>) -> AppSpec {
-        let mut s: AppSpec = serde_json::from_value(serde_json::json!({
-            "name": "api", "namespace": "default", "script": "/bin/true", "args": [],
-            "interpreter": null, "interpreter_args": [], "cwd": "/", "env": {},
-            "instances": instances, "exec_mode": "fork", "autorestart": true,
-            "max_restarts": 16, "min_uptime_ms": 1000, "restart_delay_ms": 0,
-            "exp_backoff_restart_delay_ms": null, "stop_exit_codes": [],
-            "kill_signal": "SIGINT", "kill_timeout_ms": 1600, "source": null,
-            "listen": [], "cluster_socket": "reuseport", "instance_var": "NODE_APP_INSTANCE",
-            "increment_var": null, "wait_ready": false, "listen_timeout_ms": 3000,
-            "watchdog_timeout_ms": null,
-            "logs": {"out_file": null, "error_file": null, "log_file": "/var/log/all.log",
-                     "merge_logs": false, "time": false, "date_format": null, "json": false,
-                     "max_size": null, "retain": null, "compress": null}
-        }))
-        .unwrap();
+        let mut s = AppSpec {
+            instances,
+            ..AppSpec::new("api", "/bin/true", "/")
+        };
+        s.logs.log_file = Some(PathBuf::from("/var/log/all.log"));
         s.logs.merge_logs = merge;
         s.logs.out_file = out.map(PathBuf::from);
         s
