@@ -265,7 +265,8 @@ fn draw_list(rows: &[Row], cols: &[Col], name_max: Option<usize>, color: bool) -
         .iter()
         .map(|&c| column_width(rows, c, name_max))
         .collect();
-    let line_len = 4 * table_width(rows, cols, name_max) + 16 * cols.len();
+    // Box-drawing characters take 3 bytes; colour codes about 10 per cell.
+    let line_len = 3 * (1 + widths.iter().map(|w| w + 3).sum::<usize>()) + 16 * cols.len();
     let mut out = String::with_capacity(line_len * (rows.len() + 4));
     let rule = |out: &mut String, [left, mid, right]: [char; 3]| {
         out.push(left);
