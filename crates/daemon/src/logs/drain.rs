@@ -7,14 +7,27 @@
 //! partial line waits at the front of the buffer for its end; a line longer than `max_line` is
 //! written in pieces of that size, each ended by a newline. At end of file (every writer of the
 //! pipe is gone, grandchildren included) a partial last line is written with a newline added.
+//!
+//! # Watched and paced
+//! An idle pipe is *watched*: registered with the runtime's epoll, so its next byte wakes the
+//! drain at once. But Linux wakes a pipe's epoll waiters on *every* write into a pipe that was ever
+//! polled (not only when it was empty, as for a plain blocking reader like `cat`), and it does so
+//! with a "sync" wake-up that tends to run the woken daemon on the writing app's CPU. An app
+//! writing one line per `write` would then wake the daemon once per line and lose its CPU to it
+//! each time. So when reads come back small, the drain takes the pipe out of epoll and reads it
+//! on a clock instead (*paced*, every [`PACE`]); the app writes into the pipe undisturbed. A paced
+//! read that finds the pipe empty, or one that fills a whole [`CHUNK`] (a writer fast enough to
+//! fill the pipe between two paced reads), puts the pipe back under watch.
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pm2rs_proto::LogStream;
-use tokio::net::unix::pipe;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
@@ -24,15 +37,20 @@ use super::{Batch, LineFormat, Sink};
 /// Bytes read from a pipe before they are written out.
 pub const CHUNK: usize = 256 << 10;
 
-/// A read smaller than this, right after a write, counts as a trickle: the next read waits
-/// [`COALESCE`] first. A pipe that was idle is read at once.
+/// A read of a watched pipe smaller than this means the app writes small pieces about as fast as
+/// they are read: the pipe is paced from then on.
 const TRICKLE: usize = 16 << 10;
-const COALESCE: Duration = Duration::from_millis(1);
+/// The period of the reads of a paced pipe.
+const PACE: Duration = Duration::from_millis(1);
 
-/// Pipe capacity asked for once a pipe is seen full (the kernel's default is 64 KiB): the app
-/// keeps writing into the pipe while the daemon writes the file, without the daemon holding more
-/// memory. Refused (and then left alone) beyond the system's or the user's pipe limits.
+/// Pipe capacity asked for once a read finds [`BUSY_READ`] bytes in the pipe (the kernel's default
+/// capacity is 64 KiB, 16 pages, which small writes fill to a little less): the app keeps writing
+/// into the pipe while the daemon writes the file (or sleeps between paced reads), without the
+/// daemon holding more memory. Only busy pipes are enlarged: pages beyond a user's
+/// `pipe-user-pages-soft` make that user's new pipes small. Refused (and then left alone) beyond
+/// the system's or the user's pipe limits.
 const BUSY_PIPE_SIZE: i32 = 1 << 20;
+const BUSY_READ: usize = 32 << 10;
 
 /// The first and longest wait before a failed write is retried (a full disk, a missing mount).
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -57,41 +75,112 @@ pub struct Drain {
     pub written: Arc<AtomicU64>,
 }
 
+/// How the drain waits for its pipe (see the module doc).
+enum Pipe {
+    /// Registered with the runtime: woken when the pipe becomes readable.
+    Watched(AsyncFd<OwnedFd>),
+    /// Out of epoll: read every [`PACE`].
+    Paced(OwnedFd),
+}
+
+impl Pipe {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Pipe::Watched(fd) => fd.get_ref().as_fd(),
+            Pipe::Paced(fd) => fd.as_fd(),
+        }
+    }
+
+    fn watch(self) -> Pipe {
+        match self {
+            Pipe::Paced(fd) => {
+                // SAFETY: an `OwnedFd` stays open, and is the same descriptor, for as long as the
+                // `AsyncFd` owns it.
+                let watched = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
+                match watched {
+                    Ok(watched) => Pipe::Watched(watched),
+                    // Cannot register (the kernel is out of memory?): keep reading on the clock.
+                    Err(e) => {
+                        let (fd, e) = e.into_parts();
+                        debug!(%e, "a log pipe stays paced");
+                        Pipe::Paced(fd)
+                    }
+                }
+            }
+            watched => watched,
+        }
+    }
+
+    fn pace(self) -> Pipe {
+        match self {
+            Pipe::Watched(fd) => Pipe::Paced(fd.into_inner()),
+            paced => paced,
+        }
+    }
+}
+
+/// How a [`Drain::fill`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// The pipe is empty for now.
+    Empty,
+    /// The buffer is full; the pipe may hold more.
+    Full,
+    /// Every writer is gone and everything was read.
+    Eof,
+}
+
 impl Drain {
-    /// Reads `pipe` until end of file; every byte read ends up in the sinks.
-    pub async fn run(self, pipe: pipe::Receiver) {
+    /// Reads `pipe` (non-blocking) until end of file; every byte read ends up in the sinks.
+    pub async fn run(self, pipe: OwnedFd) {
+        let mut pipe = Pipe::Paced(pipe).watch();
         let mut buf: Vec<u8> = Vec::new();
         let mut grown = false;
-        let mut trickle = false;
+        let mut last = Fill::Empty;
         loop {
-            if buf.is_empty() {
-                // Idle: hold no buffer while waiting.
+            if buf.is_empty() && matches!(pipe, Pipe::Watched(_)) {
+                // Idle: hold no buffer while waiting. A paced pipe keeps its buffer for the next
+                // read, a millisecond away.
                 buf = Vec::new();
             }
-            if trickle {
-                // The app writes small pieces as fast as they are read: let them gather a moment,
-                // so one read and one file write carry many lines instead of a few.
-                tokio::time::sleep(COALESCE).await;
-            }
-            if pipe.readable().await.is_err() {
-                break;
-            }
             let before = buf.len();
-            let eof = match self.fill(&pipe, &mut buf) {
-                Ok(eof) => eof,
-                Err(e) => {
-                    debug!(id = self.id, %e, "reading a log pipe failed");
-                    true
+            let fill = match &pipe {
+                Pipe::Watched(fd) => {
+                    let Ok(mut ready) = fd.readable().await else {
+                        break;
+                    };
+                    let fill = self.fill(pipe.fd(), &mut buf);
+                    if matches!(fill, Ok(Fill::Empty)) {
+                        ready.clear_ready();
+                    }
+                    fill
+                }
+                Pipe::Paced(fd) => {
+                    if last != Fill::Full {
+                        tokio::time::sleep(PACE).await;
+                    }
+                    self.fill(fd.as_fd(), &mut buf)
                 }
             };
-            if !grown && buf.len() >= 64 << 10 {
+            last = fill.unwrap_or_else(|e| {
+                debug!(id = self.id, %e, "reading a log pipe failed");
+                Fill::Eof
+            });
+            let got = buf.len() - before;
+            pipe = match (pipe, last) {
+                (p @ Pipe::Watched(_), Fill::Empty) if got > 0 && got < TRICKLE => p.pace(),
+                (p @ Pipe::Paced(_), Fill::Empty) if got == 0 => p.watch(),
+                (p @ Pipe::Paced(_), Fill::Full) => p.watch(),
+                (p, _) => p,
+            };
+            if !grown && got >= BUSY_READ {
                 grown = true;
                 let size = nix::fcntl::FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE);
-                if let Err(e) = nix::fcntl::fcntl(&pipe, size) {
+                if let Err(e) = nix::fcntl::fcntl(pipe.fd(), size) {
                     debug!(id = self.id, %e, "pipe not enlarged");
                 }
             }
-            trickle = before == 0 && buf.len() < TRICKLE && !buf.is_empty();
+            let eof = last == Fill::Eof;
             let cut = self.cut(&buf, eof);
             if cut > 0 {
                 buf = self.emit(buf, cut).await;
@@ -103,8 +192,8 @@ impl Drain {
     }
 
     /// Reads what the pipe holds into `buf`, up to [`CHUNK`] bytes (more only to finish a line
-    /// shorter than `max_line`). Returns whether end of file was reached.
-    fn fill(&self, pipe: &pipe::Receiver, buf: &mut Vec<u8>) -> io::Result<bool> {
+    /// shorter than `max_line`).
+    fn fill(&self, pipe: std::os::fd::BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Fill> {
         let limit = CHUNK.max(self.max_line + 1);
         if buf.capacity() < CHUNK {
             buf.reserve_exact(CHUNK - buf.len());
@@ -113,16 +202,16 @@ impl Drain {
             if buf.len() == buf.capacity() {
                 if buf.len() >= CHUNK && memchr::memchr(b'\n', buf).is_some() || buf.len() >= limit
                 {
-                    return Ok(false);
+                    return Ok(Fill::Full);
                 }
                 buf.reserve_exact((buf.len()).min(limit - buf.len()));
             }
-            match pipe.try_read_buf(buf) {
-                Ok(0) => return Ok(true),
+            match rustix::io::read(pipe, rustix::buffer::spare_capacity(buf)) {
+                Ok(0) => return Ok(Fill::Eof),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(rustix::io::Errno::AGAIN) => return Ok(Fill::Empty),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -277,6 +366,121 @@ fn split_long(lines: &[u8], max: usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logs::LogHub;
+    use pm2rs_proto::{AppSpec, LogDefaults};
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    /// Whether the pipe (fd number and inode) is in one of this process's epoll sets, as the
+    /// kernel lists them in `/proc/self/fdinfo`.
+    fn in_epoll(fd: i32, ino: u64) -> bool {
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+            return false;
+        };
+        let wanted = (fd.to_string(), format!("{ino:x}"));
+        fds.flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]")
+            })
+            .filter_map(|e| {
+                std::fs::read_to_string(format!(
+                    "/proc/self/fdinfo/{}",
+                    e.file_name().to_string_lossy()
+                ))
+                .ok()
+            })
+            .any(|info| {
+                info.lines().any(|line| {
+                    // `tfd:        9 events:       19 data: ... pos:0 ino:3f6 sdev:d`
+                    let mut words = line.split_whitespace();
+                    let tfd = words.next() == Some("tfd:") && words.next() == Some(&wanted.0);
+                    tfd && words.any(|w| w.strip_prefix("ino:") == Some(&wanted.1))
+                })
+            })
+    }
+
+    /// Tells the writer thread to stop when dropped, a failed assertion included.
+    struct Pause(Arc<AtomicBool>);
+
+    impl Drop for Pause {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Polls `cond` every millisecond, letting the runtime run, until it holds or 20 s pass.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pipe_written_in_small_pieces_leaves_epoll_and_returns_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = LogDefaults {
+            max_size: 0,
+            retain: 0,
+            compress: false,
+            max_line: 1 << 20,
+        };
+        let hub = LogHub::new(dir.path().to_path_buf(), defaults);
+        let spec = Arc::new(AppSpec::new("small", "/bin/true", "/"));
+        let (out, err, capture) = hub.capture(spec, 0).unwrap();
+        let fd = capture.out_read.as_raw_fd();
+        let ino = std::fs::File::from(capture.out_read.try_clone().unwrap())
+            .metadata()
+            .unwrap()
+            .ino();
+        let drained = hub.start(capture, std::process::id());
+        until("the idle pipe is watched", || in_epoll(fd, ino)).await;
+
+        // One line per write, thousands per second (each read finds a few: small reads, however
+        // loaded the machine), until told to pause.
+        let pause = Pause(Arc::new(AtomicBool::new(false)));
+        let writer = std::thread::spawn({
+            let pause = pause.0.clone();
+            move || {
+                let mut out = std::fs::File::from(out);
+                let mut n = 0u64;
+                while !pause.load(Ordering::Relaxed) {
+                    n += 1;
+                    writeln!(out, "line {n}").unwrap();
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                (out, n)
+            }
+        });
+        until("the busy pipe is paced", || !in_epoll(fd, ino)).await;
+        drop(pause);
+        let (out, mut n) = writer.join().unwrap();
+        until("the pipe is watched again once idle", || in_epoll(fd, ino)).await;
+
+        // Watched again, it still wakes the drain: one more line, then end of file.
+        let mut out = out;
+        n += 1;
+        writeln!(out, "line {n}").unwrap();
+        let file = dir.path().join("small-out.log");
+        let last = format!("line {n}\n");
+        until("the last line is in the file", || {
+            std::fs::read_to_string(&file).is_ok_and(|t| t.ends_with(&last))
+        })
+        .await;
+        drop((out, err));
+        until("both pipes are drained", || drained.is_done()).await;
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expected: String = (1..=n).map(|i| format!("line {i}\n")).collect();
+        assert!(
+            text == expected,
+            "the file does not hold lines 1..={n} in order"
+        );
+    }
 
     #[test]
     fn long_lines_are_split_into_pieces() {

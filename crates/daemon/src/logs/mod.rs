@@ -29,7 +29,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::OFlag;
 use pm2rs_proto::{AppSpec, LogDefaults, LogStream};
-use tokio::net::unix::pipe;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -266,10 +265,16 @@ impl LogHub {
     }
 
     /// The pipes for a new run of instance `id`: the write ends for the child's stdout and
-    /// stderr (to be moved into the spawn, so the daemon keeps no copy), and the read ends.
+    /// stderr (to be moved into the spawn, so the daemon keeps no copy), and the read ends
+    /// (non-blocking; the child's ends stay blocking).
     pub fn capture(&self, spec: Arc<AppSpec>, id: u32) -> io::Result<(OwnedFd, OwnedFd, Capture)> {
         let (out_read, stdout) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (err_read, stderr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        for read in [&out_read, &err_read] {
+            let flags = nix::fcntl::fcntl(read, nix::fcntl::FcntlArg::F_GETFL)?;
+            let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(read, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        }
         let capture = Capture {
             out_read,
             err_read,
@@ -320,10 +325,7 @@ impl LogHub {
             let open = drained.open.clone();
             let inner = self.inner.clone();
             self.inner.drains.spawn(async move {
-                match pipe::Receiver::from_owned_fd(read) {
-                    Ok(pipe) => drain.run(pipe).await,
-                    Err(e) => warn!(id, %e, "cannot watch a log pipe; its output is lost"),
-                }
+                drain.run(read).await;
                 debug!(id, ?stream, "log pipe drained");
                 open.fetch_sub(1, Ordering::Release);
                 inner.drain_ended.notify_one();
