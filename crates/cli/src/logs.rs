@@ -7,12 +7,14 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http_body_util::BodyExt;
 use pm2rs_proto::{
-    DescribeResponse, ErrorKind, FlushResponse, LogEvent, LogStream, TargetRequest, routes,
+    DescribeResponse, ErrorKind, FileEnd, FlushResponse, LogEvent, LogStream, TargetRequest, routes,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -57,7 +59,8 @@ pub async fn logs(home: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(signal(SignalKind::interrupt())?)
     };
-    // Subscribe before reading the tails, so no line falls between the two (one may show twice).
+    // Subscribe before reading the tails, so no line falls between the two; the lines in both
+    // are told apart by where they end in their file (`in_printed_tail`).
     let body = if args.nostream {
         None
     } else {
@@ -72,6 +75,7 @@ pub async fn logs(home: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
 
     let mut printer = Printer::new(&args);
     let mut seen = Vec::new();
+    let mut printed = Vec::new();
     for d in &described {
         for (path, stream, wanted) in [
             (&d.out_log, LogStream::Out, want_out),
@@ -82,7 +86,13 @@ pub async fn logs(home: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
             }
             seen.push(path.clone());
             let lines = match last_lines(path, args.lines) {
-                Ok(lines) => lines,
+                Ok(tail) => {
+                    printed.push(Printed {
+                        end: tail.end,
+                        at_us: unix_micros(),
+                    });
+                    tail.lines
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => {
                     eprintln!("pm2rs: cannot read {}: {e}", path.display());
@@ -120,11 +130,15 @@ pub async fn logs(home: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
         for raw in pending[..end].split(|&b| b == b'\n') {
             match serde_json::from_slice::<LogEvent>(raw) {
                 Ok(LogEvent::Line {
+                    at_us, file_end, ..
+                }) if in_printed_tail(&printed, at_us, file_end) => {}
+                Ok(LogEvent::Line {
                     id,
                     name,
                     stream,
                     line,
                     at_us,
+                    ..
                 }) => printer.line(id, &name, stream, line.as_bytes(), Some(at_us))?,
                 Ok(LogEvent::Skipped { lines }) => eprintln!(
                     "[pm2rs] {lines} line(s) not shown: this terminal fell behind (the files have them)"
@@ -182,13 +196,28 @@ fn encode(value: &str) -> String {
     out
 }
 
+/// The last lines of a file, and where the file ended when they were read.
+pub struct Tail {
+    pub lines: Vec<Vec<u8>>,
+    pub end: FileEnd,
+}
+
 /// The last `n` lines of `path` (without their newlines), reading backwards from the end in
 /// blocks, so a huge file costs no more than its tail.
-pub fn last_lines(path: &Path, n: usize) -> io::Result<Vec<Vec<u8>>> {
+pub fn last_lines(path: &Path, n: usize) -> io::Result<Tail> {
     let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
+    let meta = file.metadata()?;
+    let len = meta.len();
+    let end = FileEnd {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        offset: len,
+    };
     if n == 0 || len == 0 {
-        return Ok(Vec::new());
+        return Ok(Tail {
+            lines: Vec::new(),
+            end,
+        });
     }
     let mut tail: Vec<u8> = Vec::new();
     let mut pos = len;
@@ -214,7 +243,36 @@ pub fn last_lines(path: &Path, n: usize) -> io::Result<Vec<Vec<u8>>> {
         lines.remove(0);
     }
     let skip = lines.len().saturating_sub(n);
-    Ok(lines.split_off(skip))
+    Ok(Tail {
+        lines: lines.split_off(skip),
+        end,
+    })
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A file whose tail was printed: where it ended, and when (Unix time, microseconds) the tail had
+/// been read.
+struct Printed {
+    end: FileEnd,
+    at_us: u64,
+}
+
+/// Whether a streamed line was already printed with a file's tail: the daemon read it before that
+/// tail was read, and its batch ends within the part of the same file the tail covered. (The
+/// stream is subscribed to before the tails are read, so no line falls between them; this keeps
+/// the lines in both from showing twice.)
+fn in_printed_tail(printed: &[Printed], at_us: u64, file_end: Option<FileEnd>) -> bool {
+    let Some(e) = file_end else {
+        return false;
+    };
+    printed.iter().any(|p| {
+        at_us <= p.at_us && (p.end.dev, p.end.ino) == (e.dev, e.ino) && e.offset <= p.end.offset
+    })
 }
 
 /// How lines are printed.
@@ -268,6 +326,7 @@ impl Printer {
                 stream,
                 line: String::from_utf8_lossy(line).into_owned(),
                 at_us: at_us.unwrap_or(0),
+                file_end: None,
             };
             serde_json::to_writer(&mut self.out, &event)
                 .map_err(io::Error::other)
@@ -314,7 +373,7 @@ mod tests {
         let path = dir.path().join("f.log");
         let text: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&path, &text).unwrap();
-        let got = last_lines(&path, 3).unwrap();
+        let got = last_lines(&path, 3).unwrap().lines;
         assert_eq!(
             got,
             vec![
@@ -325,18 +384,41 @@ mod tests {
         );
         // More lines than fit in one block, and a last line without its newline.
         std::fs::write(&path, format!("{text}partial")).unwrap();
-        let got = last_lines(&path, 20_000).unwrap();
+        let got = last_lines(&path, 20_000).unwrap().lines;
         assert_eq!(got.len(), 20_000);
         assert_eq!(got[0], b"line 30001".to_vec());
         assert_eq!(got.last().unwrap(), b"partial");
         // Fewer lines than asked for; empty file.
         std::fs::write(&path, "a\nb\n").unwrap();
         assert_eq!(
-            last_lines(&path, 5).unwrap(),
+            last_lines(&path, 5).unwrap().lines,
             vec![b"a".to_vec(), b"b".to_vec()]
         );
         std::fs::write(&path, "").unwrap();
-        assert!(last_lines(&path, 5).unwrap().is_empty());
+        assert!(last_lines(&path, 5).unwrap().lines.is_empty());
+    }
+
+    #[test]
+    fn a_streamed_line_is_skipped_only_when_the_printed_tail_held_it() {
+        let end = |ino, offset| FileEnd {
+            dev: 1,
+            ino,
+            offset,
+        };
+        let printed = [Printed {
+            end: end(7, 1000),
+            at_us: 50,
+        }];
+        // Read before the tail and ending inside it: printed already.
+        assert!(in_printed_tail(&printed, 40, Some(end(7, 1000))));
+        assert!(in_printed_tail(&printed, 50, Some(end(7, 10))));
+        // Ending beyond it, read after it (the file flushed meanwhile), another file (rotated),
+        // or no position (`/dev/null`): new.
+        assert!(!in_printed_tail(&printed, 40, Some(end(7, 1001))));
+        assert!(!in_printed_tail(&printed, 51, Some(end(7, 10))));
+        assert!(!in_printed_tail(&printed, 40, Some(end(8, 10))));
+        assert!(!in_printed_tail(&printed, 40, None));
+        assert!(!in_printed_tail(&[], 40, Some(end(7, 10))));
     }
 
     #[test]

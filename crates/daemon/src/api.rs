@@ -260,6 +260,7 @@ fn ndjson(b: &Batch) -> Bytes {
             stream: b.stream,
             line: String::from_utf8_lossy(line).into_owned(),
             at_us: b.at_us,
+            file_end: b.file_end,
         };
         if serde_json::to_writer(&mut out, &event).is_ok() {
             out.push(b'\n');

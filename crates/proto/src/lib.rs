@@ -543,12 +543,27 @@ pub enum LogEvent {
         line: String,
         /// When the daemon read it (Unix time, microseconds).
         at_us: u64,
+        /// Where the batch of lines carrying this one ends in the stream's own log file, once
+        /// written there; absent for a file that is not a regular file (`/dev/null`, a FIFO).
+        /// A follower that read a file's tail up to some offset skips the lines whose batch
+        /// ended at or before it: they were in that tail.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_end: Option<FileEnd>,
     },
     /// This follower fell behind and `lines` lines were skipped (the files have them all).
     Skipped {
         /// How many lines (at least) were not sent.
         lines: u64,
     },
+}
+
+/// A position in a log file: the file (device and inode, so a rotation gives a new one) and a
+/// byte offset into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEnd {
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
 }
 
 /// Reply of log flush and reload: the files acted on.

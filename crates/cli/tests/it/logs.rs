@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -238,19 +239,63 @@ fn logs_nostream_prints_exactly_the_last_lines() {
     assert_eq!(event["name"], "counter");
 }
 
-/// A running `pm2rs logs` whose stdout lines arrive on a channel.
+#[test]
+fn the_tail_and_the_stream_join_without_a_line_shown_twice_or_missed() {
+    let t = Pm2rs::new();
+    // Bursts of 100 numbered lines, one `write` each, every few milliseconds: some burst is
+    // likely written while a follower is between subscribing and reading the tail.
+    t.script(
+        "bursts.sh",
+        "i=1; while :; do seq $i $((i+99)); i=$((i+100)); sleep 0.002; done",
+    );
+    t.ok(&["start", "bursts.sh", "--name", "bursts"]);
+    let out = logs_dir(&t).join("bursts-out.log");
+    assert!(eventually(DEADLINE, || read(&out).lines().count() >= 1000));
+    let followers: Vec<Follower> = (0..12)
+        .map(|_| Follower::start(&t, &["logs", "bursts", "--raw", "--out", "--lines", "20"]))
+        .collect();
+    for (k, f) in followers.into_iter().enumerate() {
+        let mut numbers = Vec::new();
+        let end = Instant::now() + DEADLINE;
+        while numbers.len() < 1000 {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = f
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("follower {k}: {} lines, then {e}", numbers.len()));
+            numbers.push(line.parse::<u64>().expect("a numbered line"));
+        }
+        let skipped = f.stderr().contains("not shown");
+        for pair in numbers.windows(2) {
+            assert!(
+                pair[1] == pair[0] + 1 || (skipped && pair[1] > pair[0]),
+                "follower {k} printed {} right after {}",
+                pair[1],
+                pair[0]
+            );
+        }
+        kill(Pid::from_raw(f.child.id() as i32), Signal::SIGINT).unwrap();
+        assert_eq!(f.exit_code(), 0);
+    }
+}
+
+/// A running `pm2rs logs` whose stdout lines arrive on a channel; its stderr goes to a file.
 struct Follower {
     child: std::process::Child,
     lines: mpsc::Receiver<String>,
+    stderr: Option<PathBuf>,
 }
 
 impl Follower {
     fn start(t: &Pm2rs, args: &[&str]) -> Follower {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let stderr = t.home().join(format!("follower-{n}.stderr"));
         let mut child = t
             .command(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("create the stderr file"))
             .spawn()
             .expect("spawn pm2rs logs");
         let stdout = child.stdout.take().unwrap();
@@ -264,7 +309,16 @@ impl Follower {
                 }
             }
         });
-        Follower { child, lines }
+        Follower {
+            child,
+            lines,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// What the follower wrote to stderr so far.
+    fn stderr(&self) -> String {
+        self.stderr.as_deref().map(read).unwrap_or_default()
     }
 
     /// Waits for a line equal to `want`.
@@ -311,11 +365,12 @@ fn a_follower_sees_apps_started_later_and_ends_cleanly_on_ctrl_c_and_a_closed_pi
     kill(Pid::from_raw(follower.child.id() as i32), Signal::SIGINT).unwrap();
     assert_eq!(follower.exit_code(), 0);
     // Closing its stdout (as `| head` does) ends the other one with success at its next line.
-    let Follower { child, lines } = piped;
+    let Follower { child, lines, .. } = piped;
     drop(lines);
     let code = Follower {
         child,
         lines: mpsc::channel().1,
+        stderr: None,
     }
     .exit_code();
     assert_eq!(code, 0);

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pm2rs_proto::LogStream;
+use pm2rs_proto::{FileEnd, LogStream};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
@@ -229,15 +229,44 @@ impl Drain {
         }
     }
 
-    /// Writes `buf[..cut]` (adding a newline where a line was cut or ended without one), sends it
-    /// to followers, and returns the buffer with the rest moved to its front.
+    /// Writes `buf[..cut]` (adding a newline where a line was cut or ended without one), then
+    /// sends it to followers, and returns the buffer with the rest moved to its front.
+    ///
+    /// Followers are looked for only once the lines are in the file, and get where the file then
+    /// ends: `pm2rs logs` subscribes, then reads the files' tails, so a follower that subscribed
+    /// while this write was under way (and may have read a tail without these lines) gets them,
+    /// and one whose tail already held them can tell and skip them.
     async fn emit(&self, mut buf: Vec<u8>, cut: usize) -> Vec<u8> {
         let at_us = super::unix_micros();
         // Rare: a complete line longer than max_line arrived at once; split it into pieces.
         let split = split_long(&buf[..cut], self.max_line);
         let lines = split.as_deref().unwrap_or(&buf[..cut]);
         let needs_newline = !lines.ends_with(b"\n");
-        if self.followers.receiver_count() > 0 {
+        let out = self.format.apply(lines, self, needs_newline, at_us);
+        // After the write, `buf[..cut]` still holds the lines; `tail` the rest if moved out.
+        let (mut buf, file_end, tail) = match out {
+            Some(formatted) => {
+                let (_, file_end) = self.write(formatted).await;
+                (buf, file_end, None)
+            }
+            None if needs_newline || split.is_some() => {
+                let mut whole = lines.to_vec();
+                if needs_newline {
+                    whole.push(b'\n');
+                }
+                let (_, file_end) = self.write(whole).await;
+                (buf, file_end, None)
+            }
+            None => {
+                // Raw lines: write the buffer itself; only the partial line after them is copied.
+                let tail = buf[cut..].to_vec();
+                buf.truncate(cut);
+                let (back, file_end) = self.write(buf).await;
+                (back, file_end, Some(tail))
+            }
+        };
+        let lines = split.as_deref().or(buf.get(..cut));
+        if let Some(lines) = lines.filter(|_| self.followers.receiver_count() > 0) {
             let _ = self.followers.send(Arc::new(Batch {
                 id: self.id,
                 name: self.name.clone(),
@@ -245,60 +274,51 @@ impl Drain {
                 stream: self.stream,
                 at_us,
                 lines: lines.to_vec(),
+                file_end,
             }));
         }
-        let out = self.format.apply(lines, self, needs_newline, at_us);
-        let rest = buf.len() - cut;
-        match out {
-            Some(formatted) => {
-                self.write(formatted).await;
-            }
-            None if needs_newline || split.is_some() => {
-                let mut whole = lines.to_vec();
-                if needs_newline {
-                    whole.push(b'\n');
-                }
-                self.write(whole).await;
+        match tail {
+            Some(tail) => {
+                buf.clear();
+                buf.extend_from_slice(&tail);
             }
             None => {
-                // Raw lines: write the buffer itself; only the partial line after them is copied.
-                let tail = buf[cut..].to_vec();
-                buf.truncate(cut);
-                let mut back = self.write(buf).await;
-                back.clear();
-                back.extend_from_slice(&tail);
-                return back;
+                buf.copy_within(cut.., 0);
+                buf.truncate(buf.len() - cut);
             }
         }
-        buf.copy_within(cut.., 0);
-        buf.truncate(rest);
         buf
     }
 
     /// Writes `data` to every sink on a blocking thread, retrying until it is all written.
-    /// Returns the buffer so its allocation is reused.
-    async fn write(&self, data: Vec<u8>) -> Vec<u8> {
+    /// Returns the buffer so its allocation is reused, and where the first sink's file ended
+    /// right after this write.
+    async fn write(&self, data: Vec<u8>) -> (Vec<u8>, Option<FileEnd>) {
         let mut data = data;
-        for sink in &self.sinks {
+        let mut file_end = None;
+        for (i, sink) in self.sinks.iter().enumerate() {
             let mut from = 0;
             let mut delay = RETRY_FIRST;
             loop {
                 let sink = sink.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let r = match sink.lock() {
-                        Ok(mut s) => s.write(&data[from..]).map_err(|(n, _)| n),
-                        Err(_) => Ok(()),
+                        Ok(mut s) => s.write(&data[from..]).map(|()| s.end()).map_err(|(n, _)| n),
+                        Err(_) => Ok(None),
                     };
                     (data, r)
                 })
                 .await;
                 let Ok((back, r)) = result else {
                     // The blocking pool is shutting down: nothing more can be written.
-                    return Vec::new();
+                    return (Vec::new(), None);
                 };
                 data = back;
                 match r {
-                    Ok(()) => {
+                    Ok(end) => {
+                        if i == 0 {
+                            file_end = end;
+                        }
                         self.written
                             .fetch_add((data.len() - from) as u64, Ordering::Relaxed);
                         break;
@@ -320,7 +340,7 @@ impl Drain {
                 }
             }
         }
-        data
+        (data, file_end)
     }
 }
 

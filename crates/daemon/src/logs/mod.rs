@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::OFlag;
-use pm2rs_proto::{AppSpec, LogDefaults, LogStream};
+use pm2rs_proto::{AppSpec, FileEnd, LogDefaults, LogStream};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,6 +52,8 @@ pub struct Batch {
     pub at_us: u64,
     /// Whole lines; the last may lack its newline (end of file, or a piece of an over-long line).
     pub lines: Vec<u8>,
+    /// Where the stream's own file ended once these lines were written to it.
+    pub file_end: Option<FileEnd>,
 }
 
 /// The files one instance writes.

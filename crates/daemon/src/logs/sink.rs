@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use pm2rs_proto::FileEnd;
 use tracing::{info, warn};
 
 /// How a file is rotated.
@@ -40,6 +41,8 @@ pub struct Sink {
     file: Option<File>,
     /// Bytes in the current file.
     size: u64,
+    /// Device and inode of the current file, when it is a regular file.
+    file_id: Option<(u64, u64)>,
     /// Rotation and path checks apply only to regular files (not `/dev/null`, a FIFO, a tty).
     regular: bool,
     last_check: Instant,
@@ -60,6 +63,7 @@ impl Sink {
             rotation,
             file: None,
             size: 0,
+            file_id: None,
             regular: true,
             last_check: Instant::now(),
             generation,
@@ -76,6 +80,16 @@ impl Sink {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the open file ends (this sink being its only writer), if it is a regular file.
+    pub fn end(&self) -> Option<FileEnd> {
+        let (dev, ino) = self.file_id.filter(|_| self.file.is_some())?;
+        Some(FileEnd {
+            dev,
+            ino,
+            offset: self.size,
+        })
     }
 
     /// The current problem writing this file, if any.
@@ -200,6 +214,7 @@ impl Sink {
         let meta = file.metadata()?;
         self.regular = meta.is_file();
         self.size = if self.regular { meta.len() } else { 0 };
+        self.file_id = self.regular.then(|| (meta.dev(), meta.ino()));
         self.last_check = Instant::now();
         self.file = Some(file);
         Ok(())
