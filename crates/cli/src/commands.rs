@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pm2rs_config::{LoadOptions, ScriptOptions};
@@ -78,7 +78,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 return print_json(&resp.processes);
             }
             let style = style();
-            let now = now_us();
+            let now = pm2rs_proto::unix_micros();
             let text: Vec<String> = resp
                 .processes
                 .iter()
@@ -222,7 +222,11 @@ async fn list(home: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
 
 async fn print_list(c: &mut Client) -> anyhow::Result<ExitCode> {
     let resp: ListResponse = c.get(routes::LIST).await?;
-    write_out(&render::process_table(&resp.processes, &style(), now_us()))?;
+    write_out(&render::process_table(
+        &resp.processes,
+        &style(),
+        pm2rs_proto::unix_micros(),
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -294,12 +298,6 @@ fn terminal_width(tty: bool) -> Option<u16> {
     // SAFETY: TIOCGWINSZ writes one winsize into the struct we pass; fd 1 is ours.
     let rc = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
     (rc == 0 && ws.ws_col > 0).then_some(ws.ws_col)
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<ExitCode> {

@@ -10,7 +10,6 @@ use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http_body_util::BodyExt;
 use pm2rs_proto::{
@@ -89,7 +88,7 @@ pub async fn logs(home: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
                 Ok(tail) => {
                     printed.push(Printed {
                         end: tail.end,
-                        at_us: unix_micros(),
+                        at_us: pm2rs_proto::unix_micros(),
                     });
                     tail.lines
                 }
@@ -247,12 +246,6 @@ pub fn last_lines(path: &Path, n: usize) -> io::Result<Tail> {
         lines: lines.split_off(skip),
         end,
     })
-}
-
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A file whose tail was printed: where it ended, and when (Unix time, microseconds) the tail had

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -654,7 +654,7 @@ impl Supervisor {
                 p.run = Some(Run {
                     tracked,
                     started: Instant::now(),
-                    started_at_us: unix_micros(),
+                    started_at_us: pm2rs_proto::unix_micros(),
                 });
                 self.by_pid.insert(tracked.pid, id);
                 transition(p, Event::Spawned);
@@ -1119,12 +1119,6 @@ fn became_ready(p: &mut Proc, spec: &AppSpec) {
 fn log_paths(logs_dir: &std::path::Path, spec: &AppSpec, id: u32) -> (PathBuf, PathBuf) {
     let paths = crate::logs::paths(logs_dir, spec, id);
     (paths.out, paths.err)
-}
-
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -10,8 +10,10 @@
 //! - Request structs ([`StartRequest`], [`TargetRequest`], [`ScaleRequest`], [`ReloadRequest`]) and
 //!   their replies.
 //! - [`LogSpec`]: where and how an app's output is written.
-//! - [`LogEvent`]: one line of the log stream (`pm2rs logs`), newline-delimited JSON.
+//! - [`LogEvent`]: one line of the log stream (`pm2rs logs`), newline-delimited JSON; [`FileEnd`]:
+//!   where its batch ends in its file.
 //! - [`ApiError`]: the body of every non-2xx reply.
+//! - [`unix_micros`]: the clock of every `*_us` field.
 //!
 //! # Versioning
 //! Every request carries [`VERSION_HEADER`] with the client's [`VERSION`]; the daemon answers with its own.
@@ -555,6 +557,14 @@ pub enum LogEvent {
         /// How many lines (at least) were not sent.
         lines: u64,
     },
+}
+
+/// Now as Unix time in microseconds, the unit of every `*_us` field here (0 if the clock is set
+/// before 1970).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A position in a log file: the file (device and inode, so a rotation gives a new one) and a

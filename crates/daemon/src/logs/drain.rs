@@ -237,7 +237,7 @@ impl Drain {
     /// while this write was under way (and may have read a tail without these lines) gets them,
     /// and one whose tail already held them can tell and skip them.
     async fn emit(&self, mut buf: Vec<u8>, cut: usize) -> Vec<u8> {
-        let at_us = super::unix_micros();
+        let at_us = pm2rs_proto::unix_micros();
         // Rare: a complete line longer than max_line arrived at once; split it into pieces.
         let split = split_long(&buf[..cut], self.max_line);
         let lines = split.as_deref().unwrap_or(&buf[..cut]);
