@@ -15,6 +15,11 @@
 //!
 //! Commands that must wait for processes to exit (stop, restart, delete, scale down, a changed spec,
 //! kill) register a [`Pending`] continuation that runs once all its instances have settled.
+//!
+//! Replies are sent while an event is handled, and the snapshot is published after it, before the
+//! supervisor next awaits. The daemon's runtime is current-thread, so no API handler runs in between:
+//! a client that got its reply and then asks for `list` sees the change. On a multi-thread runtime
+//! that would no longer hold (`run` checks the flavour in debug builds).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -332,6 +337,11 @@ impl Supervisor {
     /// Runs until a `kill` command completes or `commands` closes. The SIGCHLD stream must have been
     /// registered before any child is spawned, which is why it is created here, first.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> std::io::Result<()> {
+        debug_assert_eq!(
+            tokio::runtime::Handle::current().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread,
+            "replies go out before the snapshot is published: see the module doc"
+        );
         let mut sigchld = signal(SignalKind::child())?;
         let mut notices = self.notices.take().unwrap_or_else(|| mpsc::channel(1).1);
         let logs = self.logs.clone();
