@@ -20,11 +20,12 @@
 //! fill the pipe between two paced reads), puts the pipe back under watch.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::fcntl::{FcntlArg, fcntl};
 use pm2rs_proto::{FileEnd, LogStream};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -46,11 +47,18 @@ const PACE: Duration = Duration::from_millis(1);
 /// Pipe capacity asked for once a read finds [`BUSY_READ`] bytes in the pipe (the kernel's default
 /// capacity is 64 KiB, 16 pages, which small writes fill to a little less): the app keeps writing
 /// into the pipe while the daemon writes the file (or sleeps between paced reads), without the
-/// daemon holding more memory. Only busy pipes are enlarged: pages beyond a user's
-/// `pipe-user-pages-soft` make that user's new pipes small. Refused (and then left alone) beyond
-/// the system's or the user's pipe limits.
+/// daemon holding more memory. Refused (and then left alone) beyond the system's or the user's
+/// pipe limits.
 const BUSY_PIPE_SIZE: i32 = 1 << 20;
 const BUSY_READ: usize = 32 << 10;
+
+/// Pipes enlarged at once, daemon-wide: 16 MiB of pipe capacity, a quarter of Linux's default
+/// `pipe-user-pages-soft` (64 MiB per user, counted by capacity, not content; beyond it every new
+/// pipe of that user, in any program, gets 2 pages). Others stay at their first size meanwhile.
+pub const BIG_PIPES_MAX: usize = 16;
+/// An enlarged pipe left empty this long is shrunk back to its first size, and its share of
+/// [`BIG_PIPES_MAX`] given back.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
 /// The first and longest wait before a failed write is retried (a full disk, a missing mount).
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -73,6 +81,65 @@ pub struct Drain {
     pub closing: CancellationToken,
     /// Bytes written so far by the drains of this run, watched by a stop that waits for them.
     pub written: Arc<AtomicU64>,
+    /// Pipes enlarged now, daemon-wide (at most [`BIG_PIPES_MAX`]).
+    pub big_pipes: Arc<AtomicUsize>,
+}
+
+/// One enlarged pipe's share of [`BIG_PIPES_MAX`], given back when dropped.
+struct BigPipe {
+    budget: Arc<AtomicUsize>,
+    /// The capacity to shrink back to.
+    first_size: i32,
+}
+
+/// Why a pipe was not enlarged.
+#[derive(Debug, PartialEq, Eq)]
+enum NotEnlarged {
+    /// [`BIG_PIPES_MAX`] pipes are enlarged already; another may be later.
+    Budget,
+    /// The kernel refused (the user's pipe limits): not asked again for this pipe.
+    Refused,
+}
+
+impl BigPipe {
+    /// Enlarges `fd` to [`BUSY_PIPE_SIZE`] if the daemon-wide budget allows.
+    fn enlarge(budget: &Arc<AtomicUsize>, fd: BorrowedFd<'_>) -> Result<BigPipe, NotEnlarged> {
+        budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < BIG_PIPES_MAX).then_some(n + 1)
+            })
+            .map_err(|_| NotEnlarged::Budget)?;
+        // From here on, dropping `share` gives the budget back.
+        let mut share = BigPipe {
+            budget: budget.clone(),
+            first_size: 0,
+        };
+        let enlarged = fcntl(fd, FcntlArg::F_GETPIPE_SZ).and_then(|first| {
+            share.first_size = first;
+            fcntl(fd, FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE))
+        });
+        match enlarged {
+            Ok(_) => Ok(share),
+            Err(e) => {
+                debug!(%e, "pipe not enlarged");
+                Err(NotEnlarged::Refused)
+            }
+        }
+    }
+
+    /// Shrinks `fd` back to its first size; gives the pipe back when it holds more than that.
+    fn shrink(self, fd: BorrowedFd<'_>) -> Result<(), BigPipe> {
+        match fcntl(fd, FcntlArg::F_SETPIPE_SZ(self.first_size)) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self),
+        }
+    }
+}
+
+impl Drop for BigPipe {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How the drain waits for its pipe (see the module doc).
@@ -84,7 +151,7 @@ enum Pipe {
 }
 
 impl Pipe {
-    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Pipe::Watched(fd) => fd.get_ref().as_fd(),
             Pipe::Paced(fd) => fd.as_fd(),
@@ -135,7 +202,8 @@ impl Drain {
     pub async fn run(self, pipe: OwnedFd) {
         let mut pipe = Pipe::Paced(pipe).watch();
         let mut buf: Vec<u8> = Vec::new();
-        let mut grown = false;
+        let mut big: Option<BigPipe> = None;
+        let mut refused = false;
         let mut last = Fill::Empty;
         loop {
             if buf.is_empty() && matches!(pipe, Pipe::Watched(_)) {
@@ -146,7 +214,18 @@ impl Drain {
             let before = buf.len();
             let fill = match &pipe {
                 Pipe::Watched(fd) => {
-                    let Ok(mut ready) = fd.readable().await else {
+                    let ready = if big.is_some() {
+                        match tokio::time::timeout(SHRINK_AFTER, fd.readable()).await {
+                            Ok(ready) => ready,
+                            Err(_idle) => {
+                                big = big.and_then(|b| b.shrink(fd.get_ref().as_fd()).err());
+                                continue;
+                            }
+                        }
+                    } else {
+                        fd.readable().await
+                    };
+                    let Ok(mut ready) = ready else {
                         break;
                     };
                     let fill = self.fill(pipe.fd(), &mut buf);
@@ -173,11 +252,11 @@ impl Drain {
                 (p @ Pipe::Paced(_), Fill::Full) => p.watch(),
                 (p, _) => p,
             };
-            if !grown && got >= BUSY_READ {
-                grown = true;
-                let size = nix::fcntl::FcntlArg::F_SETPIPE_SZ(BUSY_PIPE_SIZE);
-                if let Err(e) = nix::fcntl::fcntl(pipe.fd(), size) {
-                    debug!(id = self.id, %e, "pipe not enlarged");
+            if big.is_none() && !refused && got >= BUSY_READ {
+                match BigPipe::enlarge(&self.big_pipes, pipe.fd()) {
+                    Ok(b) => big = Some(b),
+                    Err(NotEnlarged::Budget) => {}
+                    Err(NotEnlarged::Refused) => refused = true,
                 }
             }
             let eof = last == Fill::Eof;
@@ -193,7 +272,7 @@ impl Drain {
 
     /// Reads what the pipe holds into `buf`, up to [`CHUNK`] bytes (more only to finish a line
     /// shorter than `max_line`).
-    fn fill(&self, pipe: std::os::fd::BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Fill> {
+    fn fill(&self, pipe: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Fill> {
         let limit = CHUNK.max(self.max_line + 1);
         if buf.capacity() < CHUNK {
             buf.reserve_exact(CHUNK - buf.len());
@@ -479,6 +558,8 @@ mod tests {
         });
         until("the busy pipe is paced", || !in_epoll(fd, ino)).await;
         drop(pause);
+        // Joined once done: blocking here would stop the drain the writer may be waiting on.
+        until("the writer stopped", || writer.is_finished()).await;
         let (out, mut n) = writer.join().unwrap();
         until("the pipe is watched again once idle", || in_epoll(fd, ino)).await;
 
@@ -500,6 +581,91 @@ mod tests {
             text == expected,
             "the file does not hold lines 1..={n} in order"
         );
+    }
+
+    fn pipe_size(fd: &OwnedFd) -> i32 {
+        fcntl(fd, FcntlArg::F_GETPIPE_SZ).unwrap()
+    }
+
+    #[test]
+    fn pipes_are_enlarged_within_the_daemon_wide_budget_and_shrunk_back() {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let first = pipe_size(&write);
+        let budget = Arc::new(AtomicUsize::new(BIG_PIPES_MAX));
+        assert_eq!(
+            BigPipe::enlarge(&budget, read.as_fd()).err(),
+            Some(NotEnlarged::Budget)
+        );
+        assert_eq!(pipe_size(&write), first);
+        assert_eq!(budget.load(Ordering::Relaxed), BIG_PIPES_MAX);
+
+        budget.store(BIG_PIPES_MAX - 1, Ordering::Relaxed);
+        let big = BigPipe::enlarge(&budget, read.as_fd()).unwrap();
+        assert_eq!(pipe_size(&write), BUSY_PIPE_SIZE);
+        assert_eq!(budget.load(Ordering::Relaxed), BIG_PIPES_MAX);
+        // Holding more than the first size, it stays big (and keeps its share).
+        let mut w = std::fs::File::from(write);
+        w.write_all(&vec![b'x'; first as usize + 1]).unwrap();
+        let big = big.shrink(read.as_fd()).unwrap_err();
+        assert_eq!(budget.load(Ordering::Relaxed), BIG_PIPES_MAX);
+        let mut sink = vec![0; first as usize + 1];
+        std::io::Read::read_exact(
+            &mut std::fs::File::from(read.try_clone().unwrap()),
+            &mut sink,
+        )
+        .unwrap();
+        big.shrink(read.as_fd()).ok().unwrap();
+        assert_eq!(fcntl(&w, FcntlArg::F_GETPIPE_SZ).unwrap(), first);
+        assert_eq!(budget.load(Ordering::Relaxed), BIG_PIPES_MAX - 1);
+    }
+
+    #[tokio::test]
+    async fn a_busy_pipe_is_enlarged_then_shrunk_back_once_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = LogDefaults {
+            max_size: 0,
+            retain: 0,
+            compress: false,
+            max_line: 1 << 20,
+        };
+        let hub = LogHub::new(dir.path().to_path_buf(), defaults);
+        let spec = Arc::new(AppSpec::new("big", "/bin/true", "/"));
+        let (out, err, capture) = hub.capture(spec, 0).unwrap();
+        let first = pipe_size(&out);
+        let out_probe = out.try_clone().unwrap();
+        let drained = hub.start(capture, std::process::id());
+        // 100 KiB per write until the test has seen the pipe enlarged.
+        let pause = Pause(Arc::new(AtomicBool::new(false)));
+        let writer = std::thread::spawn({
+            let pause = pause.0.clone();
+            move || {
+                let mut out = std::fs::File::from(out);
+                let chunk = "x".repeat(99) + "\n";
+                let chunk = chunk.repeat(1000);
+                while !pause.load(Ordering::Relaxed) {
+                    out.write_all(chunk.as_bytes()).unwrap();
+                }
+                out
+            }
+        });
+        until("the busy pipe is enlarged", || {
+            pipe_size(&out_probe) == BUSY_PIPE_SIZE
+        })
+        .await;
+        assert_eq!(hub.inner.big_pipes.load(Ordering::Relaxed), 1);
+        drop(pause);
+        until("the writer stopped", || writer.is_finished()).await;
+        let out = writer.join().unwrap();
+        until("the idle pipe is shrunk back", || {
+            pipe_size(&out_probe) == first
+        })
+        .await;
+        until("its share is given back", || {
+            hub.inner.big_pipes.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        drop((out, out_probe, err));
+        until("the pipes are drained", || drained.is_done()).await;
     }
 
     #[test]

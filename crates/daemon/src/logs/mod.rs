@@ -225,6 +225,8 @@ struct Inner {
     drain_ended: Notify,
     /// Cancelled by [`LogHub::finish`]: drains stop retrying writes that keep failing.
     closing: CancellationToken,
+    /// Pipes the drains have enlarged, now (`drain::BIG_PIPES_MAX` at most).
+    big_pipes: Arc<AtomicUsize>,
 }
 
 impl LogHub {
@@ -239,6 +241,7 @@ impl LogHub {
                 drains: TaskTracker::new(),
                 drain_ended: Notify::new(),
                 closing: CancellationToken::new(),
+                big_pipes: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -323,6 +326,7 @@ impl LogHub {
                 followers: self.inner.followers.clone(),
                 closing: self.inner.closing.clone(),
                 written: drained.written.clone(),
+                big_pipes: self.inner.big_pipes.clone(),
             };
             let open = drained.open.clone();
             let inner = self.inner.clone();
