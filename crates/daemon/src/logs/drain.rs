@@ -520,8 +520,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_pipe_written_in_small_pieces_leaves_epoll_and_returns_when_idle() {
+    /// A log hub writing into a new temporary directory, without rotation.
+    fn hub() -> (tempfile::TempDir, LogHub) {
         let dir = tempfile::tempdir().unwrap();
         let defaults = LogDefaults {
             max_size: 0,
@@ -530,8 +530,19 @@ mod tests {
             max_line: 1 << 20,
         };
         let hub = LogHub::new(dir.path().to_path_buf(), defaults);
-        let spec = Arc::new(AppSpec::new("small", "/bin/true", "/"));
-        let (out, err, capture) = hub.capture(spec, 0).unwrap();
+        (dir, hub)
+    }
+
+    /// The pipes of instance 0 of app `name`: the write ends (stdout, stderr) and the capture.
+    fn capture(hub: &LogHub, name: &str) -> (OwnedFd, OwnedFd, crate::logs::Capture) {
+        let spec = Arc::new(AppSpec::new(name, "/bin/true", "/"));
+        hub.capture(spec, 0).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pipe_written_in_small_pieces_leaves_epoll_and_returns_when_idle() {
+        let (dir, hub) = hub();
+        let (out, err, capture) = capture(&hub, "small");
         let fd = capture.out_read.as_raw_fd();
         let ino = std::fs::File::from(capture.out_read.try_clone().unwrap())
             .metadata()
@@ -621,16 +632,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_busy_pipe_is_enlarged_then_shrunk_back_once_idle() {
-        let dir = tempfile::tempdir().unwrap();
-        let defaults = LogDefaults {
-            max_size: 0,
-            retain: 0,
-            compress: false,
-            max_line: 1 << 20,
-        };
-        let hub = LogHub::new(dir.path().to_path_buf(), defaults);
-        let spec = Arc::new(AppSpec::new("big", "/bin/true", "/"));
-        let (out, err, capture) = hub.capture(spec, 0).unwrap();
+        let (_dir, hub) = hub();
+        let (out, err, capture) = capture(&hub, "big");
         let first = pipe_size(&out);
         let out_probe = out.try_clone().unwrap();
         let drained = hub.start(capture, std::process::id());
