@@ -14,8 +14,9 @@ use pm2rs_proto::ClusterSocket;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Pending connections a listening socket may queue (the kernel caps it at `somaxconn`). Large,
-/// because connections wait here while an instance restarts.
-const BACKLOG: i32 = 4096;
+/// because connections wait here while an instance restarts. The Node shim listens with it too
+/// (`DAEMON_BACKLOG`), or Node would set its own default of 511 on the handed socket.
+pub const BACKLOG: i32 = 4096;
 
 /// The sockets of one app.
 #[derive(Debug)]
@@ -118,6 +119,15 @@ fn listen(addr: SocketAddr) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn the_node_shim_listens_with_the_daemons_backlog() {
+        let line = format!("const DAEMON_BACKLOG = {BACKLOG};");
+        assert!(
+            crate::cluster::NODE_SHIM.contains(&line),
+            "node_shim.js must say `{line}`"
+        );
+    }
 
     fn free_addr() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();

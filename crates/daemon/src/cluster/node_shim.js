@@ -25,6 +25,10 @@
   // this shim too, which then stays inert).
   for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'PM2RS_EXEC_MODE']) delete env[k];
 
+  // The daemon listens with this backlog (cluster::listeners::BACKLOG) so that connections queue
+  // while an instance restarts; Node's listen() on a handed socket would set its default, 511.
+  const DAEMON_BACKLOG = 4096;
+
   const send = (msg) => {
     if (typeof process.send === 'function' && process.connected) {
       try { process.send(msg); } catch (_) { /* the daemon went away */ }
@@ -80,6 +84,15 @@
     return typeof args[1] === 'string' ? args[1] : undefined;
   }
 
+  // The app's own backlog (`listen({ port, backlog })`, or a number after the port, as Node reads
+  // it), else the daemon's.
+  function backlogOf(args) {
+    const first = args[0];
+    if (first && typeof first === 'object' && first.backlog !== undefined) return first.backlog;
+    const n = [args[1], args[2]].find((a) => typeof a === 'number');
+    return n === undefined ? DAEMON_BACKLOG : n;
+  }
+
   // Socket requests to the daemon waiting for their answer, by port.
   const waiting = new Map();
   function onAnswer(msg, handle) {
@@ -119,17 +132,15 @@
       if (cb) this.once('listening', cb);
       requestSocket(port, hostOf(args), (err, handle) => {
         if (err) return this.emit('error', err);
-        asPrimary(() => listen.call(this, handle));
+        asPrimary(() => listen.call(this, handle, backlogOf(args)));
       });
       return this;
     }
     if (fd === undefined) return asPrimary(() => listen.apply(this, args));
     const cb = args.find((a) => typeof a === 'function');
-    const opts = { fd };
-    if (args[0] && typeof args[0] === 'object' && args[0].backlog !== undefined) {
-      opts.backlog = args[0].backlog;
-    }
-    return asPrimary(() => (cb ? listen.call(this, opts, cb) : listen.call(this, opts)));
+    // Node takes the backlog of an `{ fd }` listen from its second argument only.
+    const backlog = backlogOf(args);
+    return asPrimary(() => (cb ? listen.call(this, { fd }, backlog, cb) : listen.call(this, { fd }, backlog)));
   };
 
   // While draining, every response still to be started says `Connection: close`, so keep-alive
