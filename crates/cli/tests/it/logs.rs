@@ -140,16 +140,22 @@ fn a_restart_in_the_middle_of_a_flood_loses_and_garbles_nothing() {
     let out = logs_dir(&t).join("flood-out.log");
     assert!(eventually(FLOOD_DEADLINE, || read(&out).len() > 700_000));
     t.ok(&["restart", "flood"]);
-    // The second run writes all 1,000,000 lines.
-    assert!(
-        eventually(FLOOD_DEADLINE, || read(&out)
-            .ends_with(&format!("\n{FLOOD}\n"))
-            && read(&out).matches(&format!("\n{FLOOD}\n")).count() >= 1
-            && read(&out).lines().filter(|l| *l == "1").count() == 2),
-        "the second run did not complete"
-    );
+    // The second run writes all 1,000,000 lines. It starts at the last line "1": the first run's
+    // cut last line may be a "1" too (the start of "1xxxxx"), but it comes before.
+    let last = format!("\n{FLOOD}\n");
+    let second_run = |text: &str| text.rfind("\n1\n").map(|i| i + 1);
+    let complete = |text: &str| second_run(text).is_some_and(|i| text[i..].ends_with(&last));
+    if !eventually(FLOOD_DEADLINE, || complete(&read(&out))) {
+        let text = read(&out);
+        let tail = &text[text.len().saturating_sub(40)..];
+        panic!(
+            "the second run did not complete: {} bytes, second run from byte {:?}, ends {tail:?}",
+            text.len(),
+            second_run(&text)
+        );
+    }
     let text = read(&out);
-    let second = text.rfind("\n1\n").unwrap() + 1;
+    let second = second_run(&text).unwrap();
     let (first, rest) = text.split_at(second);
     assert_numbered(rest, FLOOD);
     // The first run stopped somewhere after 100,000 lines; every line until then is there, in
