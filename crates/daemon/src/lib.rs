@@ -6,7 +6,9 @@
 //! - [`supervisor`]: the single task that owns app state and makes every lifecycle move.
 //! - [`lifecycle`]: the table of allowed status transitions.
 //! - [`policy`]: the restart policy, a pure function.
-//! - [`process`]: spawning in a process group, signalling groups safely, reaping.
+//! - [`os`]: the supervisor's seam to the OS ([`os::Os`]): spawn, signal a group, group alive,
+//!   exit notification through pidfds, per-pid reaping, the orphan sweep.
+//! - [`process`]: spawning in a process group, signalling groups safely, `/proc` figures.
 //! - [`metrics`]: cpu/memory sampling for `list`.
 //! - [`cluster`]: listening sockets handed to instances, readiness (sd_notify, Node IPC, the Node
 //!   shim), the rolling-reload state machine.
@@ -21,6 +23,7 @@ pub mod home;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
+pub mod os;
 pub mod policy;
 pub mod process;
 pub mod supervisor;
@@ -42,7 +45,8 @@ use tracing_subscriber::filter::LevelFilter;
 use crate::api::{ApiState, PeerCheckedListener};
 use crate::home::Home;
 use crate::logs::{DaemonLog, LogHub, Rotation};
-use crate::supervisor::{Command, Supervisor};
+use crate::os::RealOs;
+use crate::supervisor::{Command, Inputs, Parts, Supervisor};
 
 /// How `pm2rs daemon` was asked to run.
 #[derive(Debug, Clone)]
@@ -123,17 +127,29 @@ pub async fn serve(
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::default());
     let (metrics_tx, metrics_rx) = watch::channel(Arc::new(HashMap::new()));
     let (cmd_tx, cmd_rx) = mpsc::channel(supervisor::COMMAND_QUEUE);
+    let (exit_tx, exit_rx) = mpsc::channel(os::EXIT_QUEUE);
+    let (notice_tx, notice_rx) = mpsc::channel(cluster::NOTICE_QUEUE);
 
-    let supervisor = Supervisor::new(logs.clone(), &home.dir, snapshot_tx, shutdown.clone());
+    // SIGCHLD is registered here, before the supervisor can spawn anything.
+    let os = RealOs::start(exit_tx).context("cannot watch child processes")?;
+    let supervisor = Supervisor::new(Parts {
+        logs: logs.clone(),
+        cluster: cluster::Cluster::start(&home.dir, notice_tx),
+        os: Box::new(os),
+        snapshot: snapshot_tx,
+        shutdown: shutdown.clone(),
+    });
     let sup_done = shutdown.clone();
-    // However the supervisor ends (a kill, an error, even a panic), the daemon ends with it rather
-    // than serving an API nobody acts on.
-    let supervisor = tokio::spawn(supervisor.run(cmd_rx));
+    // However the supervisor ends (a kill, or even a panic), the daemon ends with it rather than
+    // serving an API nobody acts on.
+    let supervisor = tokio::spawn(supervisor.run(Inputs {
+        commands: cmd_rx,
+        exits: exit_rx,
+        notices: notice_rx,
+    }));
     tracker.spawn(async move {
-        match supervisor.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(%e, "supervisor failed"),
-            Err(e) => error!(%e, "supervisor panicked"),
+        if let Err(e) = supervisor.await {
+            error!(%e, "supervisor panicked");
         }
         sup_done.cancel();
     });

@@ -29,6 +29,8 @@ pub enum Event {
     DelayElapsed,
     /// The user asked it to start (from stopped or errored).
     StartRequested,
+    /// The daemon is ending with the instance still running: its group was SIGKILLed.
+    KilledAtExit,
 }
 
 /// The status after `event` in `from`, or `None` when the event is not allowed there.
@@ -48,6 +50,7 @@ pub fn next(from: Status, event: Event) -> Option<Status> {
         (S::Launching | S::Online, E::ExitedErrored) => S::Errored,
         (S::WaitingRestart, E::DelayElapsed) => S::Launching,
         (S::Stopped | S::Errored, E::StartRequested) => S::Launching,
+        (S::Launching | S::Online | S::Stopping, E::KilledAtExit) => S::Stopped,
         _ => return None,
     })
 }
@@ -117,6 +120,7 @@ mod tests {
                 E::ExitedErrored,
                 E::DelayElapsed,
                 E::StartRequested,
+                E::KilledAtExit,
             ] {
                 assert_ne!(next(from, ev), Some(S::Online), "{from:?} + {ev:?}");
             }

@@ -1,10 +1,11 @@
 //! Process control at the OS level: spawn an instance in its own process group (its output into
-//! the pipes of [`crate::logs`]), signal its group
-//! safely, reap children, and read a process's start time from `/proc`.
+//! the pipes of [`crate::logs`]), signal its group safely, and read a process's figures from
+//! `/proc`.
 //!
-//! Only the supervisor calls into this module, and only the supervisor reaps (see [`reap_one`]). That
-//! is what makes signalling safe: a pid we hold has not been reaped, so it cannot have been reused by
-//! another process. The recorded start time is checked as well before any signal, as a second guard.
+//! The supervisor reaches this module only through [`crate::os::RealOs`], which also reaps each
+//! instance itself (per pid): a pid the supervisor holds has not been reaped, so it cannot have
+//! been reused by another process. The recorded start time is checked as well before any signal,
+//! as a second guard. The sampler ([`crate::metrics`]) reads `/proc` through [`stat_sample`].
 
 use std::collections::BTreeMap;
 use std::io;
@@ -14,7 +15,6 @@ use std::process::Stdio;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use pm2rs_proto::AppSpec;
 
@@ -60,8 +60,8 @@ pub fn spawn(input: SpawnInput<'_>) -> io::Result<Tracked> {
     // Close our copies of the pipes' write ends now, so end of file comes when the child's go.
     drop(cmd);
     let child = child?;
-    // We never wait on `child` through std: the supervisor reaps with waitpid(-1). Dropping a std
-    // Child neither kills nor waits for it.
+    // We never wait on `child` through std: `os::RealOs` reaps it through its pidfd. Dropping a
+    // std Child neither kills nor waits for it.
     let pid = Pid::from_raw(child.id() as i32);
     drop(child);
     Ok(Tracked {
@@ -171,22 +171,6 @@ pub fn group_alive(pgid: Pid) -> bool {
     killpg(pgid, None).is_ok()
 }
 
-/// Reaps one exited child, if any: `Ok(None)` when no child has exited (or there are no children).
-pub fn reap_one() -> nix::Result<Option<(Pid, ExitReason)>> {
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => return Ok(Some((pid, ExitReason::Code(code)))),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                return Ok(Some((pid, ExitReason::Signal(sig as i32))));
-            }
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(None),
-            Ok(_) => continue, // stopped/continued: not an exit
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Human text for how a run ended, e.g. `exit code 1` or `signal SIGKILL`.
 pub fn describe_exit(exit: ExitReason) -> String {
     match exit {
@@ -195,6 +179,7 @@ pub fn describe_exit(exit: ExitReason) -> String {
             Ok(s) => format!("signal {}", s.as_str()),
             Err(_) => format!("signal {n}"),
         },
+        ExitReason::Unknown => "exit status unknown (not the daemon's child)".to_string(),
     }
 }
 
@@ -253,7 +238,7 @@ mod tests {
         assert!(gone, "an exited, unreaped child still counts as running");
         assert_eq!(stat_field(pid, 3).as_deref(), Some("Z"));
         drop(child);
-        let _ = waitpid(pid, None);
+        let _ = nix::sys::wait::waitpid(pid, None);
         assert!(!is_running(pid));
     }
 

@@ -171,6 +171,54 @@ fn stop_leaves_no_process_of_the_group_including_a_grandchild() {
 }
 
 #[test]
+fn an_orphaned_grandchild_is_reaped_by_the_daemon_and_leaves_no_zombie() {
+    let t = Pm2rs::new();
+    // The subshell starts a short sleeper and exits at once: the sleeper is orphaned, and the
+    // daemon (a child subreaper) becomes its parent. When it ends, only the daemon can reap it.
+    t.script(
+        "orphaner.sh",
+        r#"(sleep 0.5 & echo $! > orphan.pid); exec sleep 1000"#,
+    );
+    t.ok(&["start", "orphaner.sh", "--name", "orphaner"]);
+    t.wait_online("orphaner", 1);
+    let daemon = t.daemon_pid().expect("daemon pid");
+    let file = t.work().join("orphan.pid");
+    assert!(eventually(DEADLINE, || std::fs::read_to_string(&file)
+        .is_ok_and(|s| s.ends_with('\n'))));
+    let orphan: i32 = std::fs::read_to_string(&file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let parent_of = |pid: i32| -> Option<Pid> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+            .map(Pid::from_raw)
+    };
+    // Reparented to the daemon (while it lives, or as the zombie it becomes).
+    assert!(
+        eventually(DEADLINE, || parent_of(orphan) == Some(daemon)
+            || !std::path::Path::new(&format!("/proc/{orphan}")).exists()),
+        "the orphan was not reparented to the daemon"
+    );
+    // Gone entirely: not even a zombie is left.
+    assert!(
+        eventually(DEADLINE, || !std::path::Path::new(&format!(
+            "/proc/{orphan}"
+        ))
+        .exists()),
+        "the orphan {orphan} was left a zombie of the daemon"
+    );
+    // The instance itself is untouched.
+    let p = &t.list()[0];
+    assert_eq!((p.status, p.restarts), (Status::Online, 0));
+}
+
+#[test]
 fn a_process_ignoring_the_kill_signal_is_killed_after_kill_timeout() {
     let t = Pm2rs::new();
     t.script("stubborn.sh", "trap '' INT TERM; while :; do sleep 1; done");

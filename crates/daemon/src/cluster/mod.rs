@@ -89,9 +89,9 @@ pub struct Cluster {
 
 impl Cluster {
     /// Binds the notify socket and writes the shim under `dir` (the daemon's home), and starts the
-    /// notify reader. Must run inside the runtime. Failures are logged and leave that feature off.
-    pub fn start(dir: &Path) -> (Cluster, mpsc::Receiver<Notice>) {
-        let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
+    /// notify reader; it and the IPC readers report on `tx` (a channel of [`NOTICE_QUEUE`]). Must
+    /// run inside the runtime. Failures are logged and leave that feature off.
+    pub fn start(dir: &Path, tx: mpsc::Sender<Notice>) -> Cluster {
         let notify_path = dir.join("notify.sock");
         let notify_path = match notify::bind(&notify_path) {
             Ok(socket) => {
@@ -114,15 +114,14 @@ impl Cluster {
                 None
             }
         };
-        let cluster = Cluster {
+        Cluster {
             sockets: HashMap::new(),
             requested: HashMap::new(),
             ipc_out: HashMap::new(),
             notify_path,
             shim_path,
             notices: tx,
-        };
-        (cluster, rx)
+        }
     }
 
     /// Binds the addresses of every spec of a `start` request before anything changes: all of

@@ -1,8 +1,19 @@
 //! The supervisor's side of cluster mode: readiness notices, `reload` jobs (the supervisor is their
-//! [`Host`]), and closing an app's sockets once it is stopped. Kept apart from the core event loop;
-//! every status change still goes through [`transition`].
+//! [`Host`](reload::Host)), and closing an app's sockets once it is stopped. Kept apart from the
+//! core event loop; every status change still goes through [`super::transition`].
 
-use super::*;
+use std::time::Duration;
+
+use nix::unistd::Pid;
+use pm2rs_proto::{ActionResponse, ErrorKind, ReloadRequest, Status};
+use tracing::{debug, info};
+
+use super::exits::became_ready;
+use super::snapshot::api_error;
+use super::timers::TimerKind;
+use super::{Counted, Instance, Reply, Supervisor};
+use crate::cluster::reload::{self, NewState, Reload};
+use crate::cluster::{Notice, ipc::NodeMessage};
 
 impl Supervisor {
     /// A notice from an instance: readiness, status text, watchdog ping.
@@ -16,7 +27,7 @@ impl Supervisor {
                     );
                     return;
                 };
-                let Some(p) = self.procs.get_mut(&id) else {
+                let Some(p) = self.instances.get_mut(&id) else {
                     return;
                 };
                 let Some(app) = self.apps.get(&p.app) else {
@@ -26,25 +37,28 @@ impl Supervisor {
                 if let Some(status) = message.status {
                     p.notify_status = Some(status);
                 }
+                let mut watchdog = None;
                 if message.ready && p.status == Status::Launching && !p.not_ready {
-                    became_ready(p, &app.spec);
+                    self.timers.cancel(super::TimerKey {
+                        id,
+                        kind: TimerKind::ListenTimeout,
+                    });
+                    watchdog = became_ready(p, &app.spec);
                 }
-                if message.watchdog
-                    && p.status == Status::Online
-                    && let Some(ms) = app.spec.watchdog_timeout_ms
-                {
-                    p.deadline = Some((
-                        Instant::now() + Duration::from_millis(ms),
-                        DeadlineKind::Watchdog,
-                    ));
+                if message.watchdog && p.status == Status::Online {
+                    watchdog = app.spec.watchdog_timeout_ms.map(Duration::from_millis);
                 }
                 if message.stopping {
                     info!(id, app = %p.app, "instance says it is stopping");
                 }
+                self.arm_watchdog(id, watchdog);
             }
             Notice::Node { pid, message } => {
                 // By pid: a message from a process that is no longer an instance is stale.
-                let Some(p) = self.by_pid.get(&pid).and_then(|id| self.procs.get_mut(id)) else {
+                let Some(&id) = self.by_pid.get(&pid) else {
+                    return;
+                };
+                let Some(p) = self.instances.get_mut(&id) else {
                     return;
                 };
                 let Some(app) = self.apps.get(&p.app) else {
@@ -56,13 +70,18 @@ impl Supervisor {
                     NodeMessage::Listening => !app.spec.wait_ready,
                     NodeMessage::Listen { port, host } => {
                         self.cluster
-                            .answer_listen(&app.spec, p.instance, pid, port, host);
+                            .answer_listen(&app.spec, p.slot, pid, port, host);
                         false
                     }
                 };
                 if ready && p.status == Status::Launching && !p.not_ready {
                     self.dirty = true;
-                    became_ready(p, &app.spec);
+                    self.timers.cancel(super::TimerKey {
+                        id,
+                        kind: TimerKind::ListenTimeout,
+                    });
+                    let watchdog = became_ready(p, &app.spec);
+                    self.arm_watchdog(id, watchdog);
                 }
             }
         }
@@ -73,7 +92,7 @@ impl Supervisor {
         if let Some(id) = self.by_pid.get(&pid) {
             return Some(*id);
         }
-        let pgid = nix::unistd::getpgid(Some(pid)).ok()?;
+        let pgid = self.os.group_of(pid)?;
         self.by_pid.get(&pgid).copied()
     }
 
@@ -83,28 +102,31 @@ impl Supervisor {
         let ids = match self.resolve(&request.target) {
             Ok(ids) => ids,
             Err(e) => {
-                let _ = reply.send(Err(e));
+                self.outbox.reply(reply, Err(e));
                 return;
             }
         };
         // An instance already in a reload is left to that one.
         let busy = |id: &u32| self.reloads.iter().any(|(job, _)| job.involves(*id));
         if !ids.is_empty() && ids.iter().all(busy) {
-            let _ = reply.send(Err(api_error(
+            let error = api_error(
                 ErrorKind::Failed,
                 &format!(
                     "a reload of `{}` is already running; wait for it to finish",
                     request.target
                 ),
-            )));
+            );
+            self.outbox.reply(reply, Err(error));
             return;
         }
         let ids: Vec<u32> = ids.into_iter().filter(|id| !busy(id)).collect();
         let mut running = Vec::new();
         for id in ids {
-            match self.procs.get(&id).map(|p| p.status) {
+            match self.instances.get(&id).map(|p| p.status) {
                 Some(Status::Online | Status::Launching) => running.push(id),
-                Some(Status::Stopped | Status::Errored) => self.start_proc(id, true),
+                Some(Status::Stopped | Status::Errored) => {
+                    self.start_instance(id, Counted::AsRestart)
+                }
                 _ => {}
             }
         }
@@ -141,7 +163,7 @@ impl Supervisor {
                         ))
                     }
                 };
-                let _ = reply.send(result);
+                self.outbox.reply(reply, result);
                 self.dirty = true;
             } else {
                 self.reloads.push((job, reply));
@@ -158,19 +180,19 @@ impl Supervisor {
     pub(super) fn close_stopped_apps(&mut self, ids: &[u32]) {
         let mut names: Vec<String> = ids
             .iter()
-            .filter_map(|id| self.procs.get(id).map(|p| p.app.clone()))
+            .filter_map(|id| self.instances.get(id).map(|p| p.app.clone()))
             .collect();
         names.dedup();
         for name in names {
-            if self.ids_of(&name).all(|id| self.procs[&id].settled()) {
+            if self.ids_of(&name).all(|id| self.instances[&id].settled()) {
                 self.cluster.close(&name);
             }
         }
         for id in ids {
-            if let Some(p) = self.procs.get(id)
+            if let Some(p) = self.instances.get(id)
                 && p.settled()
             {
-                self.cluster.release(&p.app, p.instance);
+                self.cluster.release(&p.app, p.slot);
             }
         }
     }
@@ -178,25 +200,25 @@ impl Supervisor {
 
 impl reload::Host for Supervisor {
     fn start_replacement(&mut self, old: u32) -> Option<u32> {
-        let (app, instance) = {
-            let p = self.procs.get(&old)?;
+        let (app, slot) = {
+            let p = self.instances.get(&old)?;
             if !matches!(p.status, Status::Online | Status::Launching) {
                 return None;
             }
-            (p.app.clone(), p.instance)
+            (p.app.clone(), p.slot)
         };
-        let new = self.add_proc(&app);
-        if let Some(p) = self.procs.get_mut(&new) {
+        let new = self.add_instance(&app);
+        if let Some(p) = self.instances.get_mut(&new) {
             // Same slot, so the same listening socket.
-            p.instance = instance;
+            p.slot = slot;
             p.replaces = Some(old);
         }
-        self.start_proc(new, false);
+        self.start_instance(new, Counted::AsStart);
         Some(new)
     }
 
     fn state(&self, new: u32) -> NewState {
-        let Some(p) = self.procs.get(&new) else {
+        let Some(p) = self.instances.get(&new) else {
             return NewState::Failed(format!("new instance {new} disappeared"));
         };
         let pid = p
@@ -206,13 +228,13 @@ impl reload::Host for Supervisor {
             Status::Online => NewState::Ready,
             Status::Launching if p.not_ready => NewState::Failed(format!(
                 "new instance of `{}` #{}{pid} was not ready within listen_timeout",
-                p.app, p.instance
+                p.app, p.slot
             )),
             Status::Launching if p.restarts == 0 => NewState::Waiting,
             _ => NewState::Failed(format!(
                 "new instance of `{}` #{} exited before it was ready ({})",
                 p.app,
-                p.instance,
+                p.slot,
                 p.last_exit.as_deref().unwrap_or("could not start")
             )),
         }
@@ -223,16 +245,19 @@ impl reload::Host for Supervisor {
     }
 
     fn settled(&self, id: u32) -> bool {
-        self.procs.get(&id).is_none_or(Proc::settled)
+        self.instances.get(&id).is_none_or(Instance::settled)
     }
 
     fn finish(&mut self, old: u32, new: u32) {
-        let Some(gone) = self.procs.remove(&old) else {
+        let Some(gone) = self.instances.remove(&old) else {
             return;
         };
-        let Some(mut p) = self.procs.remove(&new) else {
+        self.timers.cancel_all(old);
+        self.draining.remove(&old);
+        let Some(mut p) = self.instances.remove(&new) else {
             return;
         };
+        self.timers.rename(new, old);
         // The new instance takes the old one's id, as PM2's reload keeps ids.
         p.id = old;
         p.replaces = None;
@@ -240,13 +265,15 @@ impl reload::Host for Supervisor {
         if let Some(run) = p.run {
             self.by_pid.insert(run.tracked.pid, old);
         }
-        self.procs.insert(old, p);
+        self.instances.insert(old, p);
         self.dirty = true;
     }
 
     fn discard(&mut self, new: u32) {
-        let app = self.procs.get(&new).map(|p| p.app.clone());
-        self.procs.remove(&new);
+        let app = self.instances.get(&new).map(|p| p.app.clone());
+        self.instances.remove(&new);
+        self.timers.cancel_all(new);
+        self.draining.remove(&new);
         if let Some(app) = app {
             debug!(%app, id = new, "discarded a replacement that failed");
         }

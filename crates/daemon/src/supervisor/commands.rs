@@ -1,0 +1,420 @@
+//! The API's commands: start (new, unchanged or changed apps), stop, restart, delete, scale and
+//! kill, and the [`Pending`] continuations that finish a command once its instances have settled.
+//! Every reply goes through the outbox, so it leaves after the snapshot is published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pm2rs_proto::{
+    ActionResponse, AppSpec, ErrorKind, ScaleRequest, ScaleTo, StartResponse, Status,
+};
+use tracing::{debug, info};
+
+use super::snapshot::api_error;
+use super::timers::TimerKind;
+use super::{App, Command, Counted, Event, Instance, Pending, Reply, Supervisor, Then, transition};
+use crate::policy::{RestartHistory, RestartPolicy};
+use crate::process;
+
+/// Timers that a stop makes meaningless.
+const STOP_CANCELS: [TimerKind; 3] = [
+    TimerKind::RestartDelay,
+    TimerKind::ListenTimeout,
+    TimerKind::Watchdog,
+];
+
+impl Supervisor {
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        debug!(?cmd, "command");
+        match cmd {
+            Command::Start { apps, reply } => self.start(apps, reply),
+            Command::Stop { target, reply } => self.with_targets(&target, reply, Then::Reply),
+            Command::Restart { target, reply } => self.with_targets(&target, reply, Then::Restart),
+            Command::Delete { target, reply } => self.with_targets(&target, reply, Then::Delete),
+            Command::Scale { request, reply } => self.scale(request, reply),
+            Command::Reload { request, reply } => self.reload(request, reply),
+            Command::Kill { reply } => {
+                let ids: Vec<u32> = self.instances.keys().copied().collect();
+                self.stop_ids(&ids);
+                self.pending.push(Pending {
+                    ids,
+                    then: Then::Kill(reply),
+                });
+            }
+        }
+    }
+
+    fn with_targets(
+        &mut self,
+        target: &str,
+        reply: Reply<ActionResponse>,
+        then: fn(Reply<ActionResponse>) -> Then,
+    ) {
+        match self.resolve(target) {
+            Ok(ids) => {
+                self.stop_ids(&ids);
+                self.pending.push(Pending {
+                    ids,
+                    then: then(reply),
+                });
+            }
+            Err(e) => self.outbox.reply(reply, Err(e)),
+        }
+    }
+
+    fn start(&mut self, specs: Vec<AppSpec>, reply: Reply<StartResponse>) {
+        let mut response = StartResponse {
+            started: vec![],
+            updated: vec![],
+            restarted: vec![],
+            unchanged: vec![],
+            processes: vec![],
+        };
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        // Bind every new or changed address first: a port in use changes nothing.
+        if let Err(e) = self.cluster.bind_all(&specs) {
+            let error = api_error(ErrorKind::Failed, &format!("{e}; nothing was changed"));
+            self.outbox.reply(reply, Err(error));
+            return;
+        }
+        let mut changed = Vec::new();
+        let mut to_stop = Vec::new();
+        for spec in specs {
+            match self.apps.get(&spec.name) {
+                None => {
+                    response.started.push(spec.name.clone());
+                    self.add_app(spec);
+                }
+                Some(app) if *app.spec == spec => {
+                    let ids: Vec<u32> = self
+                        .ids_of(&spec.name)
+                        .filter(|id| self.instances[id].settled())
+                        .collect();
+                    if ids.is_empty() {
+                        response.unchanged.push(spec.name.clone());
+                    } else {
+                        response.restarted.push(spec.name.clone());
+                        for id in ids {
+                            self.start_instance(id, Counted::AsRestart);
+                        }
+                    }
+                }
+                Some(_) => {
+                    response.updated.push(spec.name.clone());
+                    to_stop.extend(self.ids_of(&spec.name));
+                    changed.push(spec);
+                }
+            }
+        }
+        if changed.is_empty() {
+            response.processes = self.infos_of_apps(&names);
+            self.outbox.reply(reply, Ok(response));
+            return;
+        }
+        self.stop_ids(&to_stop);
+        self.pending.push(Pending {
+            ids: to_stop,
+            then: Then::Apply {
+                specs: changed,
+                response,
+                names,
+                reply,
+            },
+        });
+    }
+
+    fn scale(&mut self, request: ScaleRequest, reply: Reply<ActionResponse>) {
+        let Some(app) = self.apps.get(&request.name) else {
+            let error = api_error(
+                ErrorKind::NotFound,
+                &format!("no app named `{}`; see `pm2rs list`", request.name),
+            );
+            self.outbox.reply(reply, Err(error));
+            return;
+        };
+        let mut ids: Vec<u32> = self.ids_of(&request.name).collect();
+        ids.sort_by_key(|id| self.instances[id].slot);
+        let current = ids.len() as i64;
+        let wanted = match request.to {
+            ScaleTo::Exactly(n) => i64::from(n),
+            ScaleTo::Delta(d) => current.saturating_add(d),
+        };
+        if !(1..=1024).contains(&wanted) {
+            let error = api_error(
+                ErrorKind::BadRequest,
+                &format!(
+                    "cannot scale `{}` to {wanted} instances (it has {current}); the count must be \
+                     1 to 1024 — use `pm2rs stop` or `pm2rs delete` to remove an app",
+                    request.name
+                ),
+            );
+            self.outbox.reply(reply, Err(error));
+            return;
+        }
+        let mut spec = (*app.spec).clone();
+        spec.instances = wanted as u32;
+        let spec = Arc::new(spec);
+        if let Some(app) = self.apps.get_mut(&request.name) {
+            app.spec = spec;
+        }
+        if wanted >= current {
+            let mut new_ids = Vec::new();
+            for _ in current..wanted {
+                new_ids.push(self.add_instance(&request.name));
+            }
+            for &id in &new_ids {
+                self.start_instance(id, Counted::AsStart);
+            }
+            ids.extend(new_ids);
+            let processes = self.infos(&ids);
+            self.outbox
+                .reply(reply, Ok(ActionResponse { processes, ids }));
+        } else {
+            let remove = ids.split_off(wanted as usize);
+            self.stop_ids(&remove);
+            self.pending.push(Pending {
+                ids: remove,
+                then: Then::Delete(reply),
+            });
+        }
+    }
+
+    /// Registers a new app and spawns its instances.
+    fn add_app(&mut self, spec: AppSpec) {
+        let name = spec.name.clone();
+        let count = spec.instances;
+        self.apps.insert(
+            name.clone(),
+            App {
+                policy: RestartPolicy::from(&spec),
+                spec: Arc::new(spec),
+            },
+        );
+        for _ in 0..count {
+            let id = self.add_instance(&name);
+            self.start_instance(id, Counted::AsStart);
+        }
+        info!(app = %name, instances = count, "app added");
+    }
+
+    /// Creates a stopped instance of `app` in the lowest free slot.
+    pub(super) fn add_instance(&mut self, app: &str) -> u32 {
+        let used: Vec<u32> = self
+            .ids_of(app)
+            .map(|id| self.instances[&id].slot)
+            .collect();
+        let slot = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.instances.insert(
+            id,
+            Instance {
+                id,
+                app: app.to_string(),
+                slot,
+                status: Status::Stopped,
+                run: None,
+                restarts: 0,
+                history: RestartHistory::default(),
+                reason: None,
+                last_exit: None,
+                draining: None,
+                pipes: None,
+                out_log: Default::default(),
+                err_log: Default::default(),
+                notify_status: None,
+                replaces: None,
+                not_ready: false,
+            },
+        );
+        self.dirty = true;
+        id
+    }
+
+    pub(super) fn ids_of<'a>(&'a self, app: &'a str) -> impl Iterator<Item = u32> + 'a {
+        self.instances
+            .values()
+            .filter(move |p| p.app == app)
+            .map(|p| p.id)
+    }
+
+    /// Starts a settled instance at the user's request.
+    pub(super) fn start_instance(&mut self, id: u32, counted: Counted) {
+        let Some(p) = self.instances.get_mut(&id) else {
+            return;
+        };
+        if !p.settled() {
+            return;
+        }
+        if counted == Counted::AsRestart {
+            p.restarts += 1;
+        }
+        p.history = RestartHistory::default();
+        p.reason = None;
+        if transition(p, Event::StartRequested) {
+            self.spawn_instance(id);
+        }
+    }
+
+    /// Asks these instances to stop: running ones get their kill signal and a kill timeout.
+    pub(super) fn stop_ids(&mut self, ids: &[u32]) {
+        for &id in ids {
+            let Some(p) = self.instances.get_mut(&id) else {
+                continue;
+            };
+            let Some(app) = self.apps.get(&p.app) else {
+                continue;
+            };
+            let was_running = matches!(p.status, Status::Launching | Status::Online);
+            if !transition(p, Event::StopRequested) {
+                continue;
+            }
+            self.dirty = true;
+            self.timers.cancel_kinds(id, &STOP_CANCELS);
+            if was_running && let Some(run) = p.run {
+                let sig = process::parse_signal(&app.spec.kill_signal);
+                if let Err(e) = self.os.signal_group(run.tracked, sig) {
+                    debug!(id, %e, "stop signal not delivered");
+                }
+                let timeout = Duration::from_millis(app.spec.kill_timeout_ms);
+                self.timers.set_in(id, TimerKind::KillTimeout, timeout);
+            }
+        }
+    }
+
+    /// Runs every pending continuation whose instances have all settled.
+    pub(super) fn run_pending(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let done = self.pending[i]
+                .ids
+                .iter()
+                .all(|id| self.instances.get(id).is_none_or(Instance::settled));
+            if done {
+                let pending = self.pending.swap_remove(i);
+                self.complete(pending);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn complete(&mut self, Pending { ids, then }: Pending) {
+        self.dirty = true;
+        match then {
+            Then::Reply(reply) => {
+                self.close_stopped_apps(&ids);
+                let processes = self.infos(&ids);
+                self.outbox
+                    .reply(reply, Ok(ActionResponse { processes, ids }));
+            }
+            Then::Restart(reply) => {
+                for &id in &ids {
+                    self.start_instance(id, Counted::AsRestart);
+                }
+                let processes = self.infos(&ids);
+                self.outbox
+                    .reply(reply, Ok(ActionResponse { processes, ids }));
+            }
+            Then::Delete(reply) => {
+                self.remove(&ids);
+                self.outbox.reply(reply, Ok(removed(ids)));
+            }
+            Then::Apply {
+                specs,
+                mut response,
+                names,
+                reply,
+            } => {
+                for spec in specs {
+                    self.apply_changed(spec);
+                }
+                response.processes = self.infos_of_apps(&names);
+                self.outbox.reply(reply, Ok(response));
+            }
+            Then::Kill(reply) => {
+                self.remove(&ids);
+                self.outbox.reply(reply, Ok(removed(ids)));
+                self.shutdown.cancel();
+            }
+        }
+    }
+
+    /// Replaces a (stopped) app's spec, adjusts its instance count and starts it again.
+    fn apply_changed(&mut self, spec: AppSpec) {
+        let name = spec.name.clone();
+        let wanted = spec.instances as usize;
+        let Some(app) = self.apps.get_mut(&name) else {
+            // Deleted meanwhile: treat it as new.
+            self.add_app(spec);
+            return;
+        };
+        app.policy = RestartPolicy::from(&spec);
+        app.spec = Arc::new(spec);
+        let mut ids: Vec<u32> = self.ids_of(&name).collect();
+        ids.sort_by_key(|id| self.instances[id].slot);
+        if ids.len() > wanted {
+            let extra = ids.split_off(wanted);
+            self.remove(&extra);
+        }
+        while ids.len() < wanted {
+            ids.push(self.add_instance(&name));
+        }
+        for id in ids {
+            self.start_instance(id, Counted::AsRestart);
+        }
+        info!(app = %name, "app updated");
+    }
+
+    /// Forgets these (settled) instances. An app's instance count is derived from what remains; an
+    /// app with none left is forgotten too.
+    pub(super) fn remove(&mut self, ids: &[u32]) {
+        let mut apps = Vec::new();
+        for &id in ids {
+            let Some(p) = self.instances.remove(&id) else {
+                continue;
+            };
+            self.timers.cancel_all(id);
+            self.draining.remove(&id);
+            if let Some(run) = p.run {
+                // Not settled (should not happen): never leave a process behind.
+                let _ = self
+                    .os
+                    .signal_group(run.tracked, nix::sys::signal::Signal::SIGKILL);
+                self.by_pid.remove(&run.tracked.pid);
+            }
+            if self
+                .ids_of(&p.app)
+                .all(|other| self.instances[&other].slot != p.slot)
+            {
+                self.cluster.release(&p.app, p.slot);
+            }
+            if !apps.contains(&p.app) {
+                apps.push(p.app);
+            }
+        }
+        for name in apps {
+            let left = self.ids_of(&name).count() as u32;
+            if left == 0 {
+                self.cluster.close(&name);
+                self.apps.remove(&name);
+                info!(app = %name, "app deleted");
+            } else if let Some(app) = self.apps.get_mut(&name)
+                && app.spec.instances != left
+            {
+                let mut spec = (*app.spec).clone();
+                spec.instances = left;
+                app.spec = Arc::new(spec);
+            }
+        }
+        self.dirty = true;
+    }
+}
+
+/// The reply to a command that removed instances.
+fn removed(ids: Vec<u32>) -> ActionResponse {
+    ActionResponse {
+        processes: vec![],
+        ids,
+    }
+}

@@ -1,0 +1,685 @@
+//! The supervisor's timing, on tokio's paused clock against the fake OS (`os::fake`): the real
+//! supervisor loop, real log pipes and files, pretend processes. Time moves only when every task
+//! is idle, straight to the next timer, so each test runs in microseconds of real time and says
+//! exactly when things happen. What a user sees is proven again against real processes by the
+//! CLI's integration tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use pm2rs_proto::{
+    ActionResponse, ApiError, AppSpec, LogDefaults, ProcessInfo, ReloadRequest, StartResponse,
+    Status,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::cluster::{self, Cluster, Notice, notify};
+use crate::logs::LogHub;
+use crate::os as os_seam;
+use crate::os::fake::{self, Behaviour, FakeHandle};
+use crate::policy::ExitReason;
+
+/// Longer than anything a test waits for, on the paused clock (so it costs no real time).
+const NEVER: Duration = Duration::from_secs(3600);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A supervisor running on the fake OS, and the test's ends of its channels.
+struct Rig {
+    commands: mpsc::Sender<Command>,
+    notices: mpsc::Sender<Notice>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    os: FakeHandle,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A rig with its supervisor running.
+    fn new() -> Rig {
+        let (rig, supervisor, inputs) = Rig::build();
+        tokio::spawn(supervisor.run(inputs));
+        rig
+    }
+
+    /// A rig and the supervisor it talks to, not yet running.
+    fn build() -> (Rig, Supervisor, Inputs) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs_dir = dir.path().join("logs");
+        std::fs::create_dir(&logs_dir).expect("logs dir");
+        let logs = LogHub::new(
+            logs_dir,
+            LogDefaults {
+                max_size: 0,
+                retain: 0,
+                compress: false,
+                max_line: 1 << 20,
+            },
+        );
+        let (exit_tx, exit_rx) = mpsc::channel(os_seam::EXIT_QUEUE);
+        let (fake, handle) = fake::new(exit_tx);
+        let (notice_tx, notice_rx) = mpsc::channel(cluster::NOTICE_QUEUE);
+        let (snapshot_tx, snapshot) = watch::channel(Arc::default());
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let supervisor = Supervisor::new(Parts {
+            logs,
+            cluster: Cluster::start(dir.path(), notice_tx.clone()),
+            os: Box::new(fake),
+            snapshot: snapshot_tx,
+            shutdown: CancellationToken::new(),
+        });
+        let inputs = Inputs {
+            commands: command_rx,
+            exits: exit_rx,
+            notices: notice_rx,
+        };
+        let rig = Rig {
+            commands,
+            notices: notice_tx,
+            snapshot,
+            os: handle,
+            dir,
+        };
+        (rig, supervisor, inputs)
+    }
+
+    /// An app running `/bin/true` (the fake runs nothing) in the test's directory.
+    fn spec(&self, name: &str) -> AppSpec {
+        AppSpec::new(name, "/bin/true", self.dir.path())
+    }
+
+    /// Sends a command and waits for its reply, at most an hour of (paused) time: a reply that
+    /// never comes fails the test instead of hanging it.
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.expect("supervisor runs");
+        tokio::time::timeout(NEVER, rx)
+            .await
+            .expect("a reply within an hour")
+            .expect("a reply")
+    }
+
+    async fn start(&self, spec: AppSpec) -> StartResponse {
+        self.ask(|reply| Command::Start {
+            apps: vec![spec],
+            reply,
+        })
+        .await
+        .expect("start")
+    }
+
+    /// Starts `spec`, whose processes behave so; the pid of its first instance.
+    async fn start_behaving(&self, spec: AppSpec, behaviour: Behaviour) -> Pid {
+        self.os.behave(&spec.name, behaviour);
+        self.start(spec).await;
+        self.pid(0)
+    }
+
+    /// Stops `target`; the reply, and how long (paused time) it took.
+    async fn timed_stop(&self, target: &str) -> (ActionResponse, Duration) {
+        let t0 = Instant::now();
+        let reply = self.stop(target).await;
+        (reply, Instant::now() - t0)
+    }
+
+    async fn stop(&self, target: &str) -> ActionResponse {
+        self.ask(|reply| Command::Stop {
+            target: target.into(),
+            reply,
+        })
+        .await
+        .expect("stop")
+    }
+
+    /// Instance `id` as last published.
+    fn info(&self, id: u32) -> ProcessInfo {
+        self.snapshot
+            .borrow()
+            .processes
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no instance {id}"))
+    }
+
+    fn status(&self, id: u32) -> Status {
+        self.info(id).status
+    }
+
+    fn pid(&self, id: u32) -> Pid {
+        Pid::from_raw(self.info(id).pid.expect("a running instance") as i32)
+    }
+
+    /// Waits (on the paused clock, so without real time passing) until `cond` holds.
+    async fn until(&mut self, what: &str, cond: impl FnMut(&Arc<Snapshot>) -> bool) {
+        tokio::time::timeout(NEVER, self.snapshot.wait_for(cond))
+            .await
+            .unwrap_or_else(|_| panic!("never: {what}"))
+            .expect("supervisor runs");
+    }
+
+    async fn until_status(&mut self, id: u32, status: Status) {
+        self.until(&format!("instance {id} {status:?}"), |s| {
+            s.processes.iter().any(|p| p.id == id && p.status == status)
+        })
+        .await;
+    }
+
+    /// Instance `id` says something over sd_notify.
+    async fn notify(&self, id: u32, text: &str) {
+        let notice = Notice::Notify {
+            pid: self.pid(id),
+            message: notify::Message::parse(text),
+        };
+        self.notices.send(notice).await.expect("supervisor runs");
+    }
+
+    /// `runs` runs of instance `id`, each crashing after `uptime`; returns once the last crash
+    /// has been restarted.
+    async fn crash_runs(&mut self, id: u32, runs: usize, uptime: Duration) {
+        for _ in 0..runs {
+            tokio::time::sleep(uptime).await;
+            self.crash(id, 1).await;
+            self.until_status(id, Status::Online).await;
+        }
+    }
+
+    /// The current leader of `id` crashes; returns when the supervisor has seen it.
+    async fn crash(&mut self, id: u32, code: i32) {
+        let pid = self.pid(id);
+        self.os.exit(pid, ExitReason::Code(code));
+        self.until("the crash is seen", |s| {
+            s.processes
+                .iter()
+                .any(|p| p.id == id && p.pid != Some(pid.as_raw() as u32))
+        })
+        .await;
+    }
+}
+
+/// Runs `f` after `delay` of (paused) time, beside the test.
+fn later(delay: Duration, f: impl FnOnce() + Send + 'static) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        f();
+    });
+}
+
+/// Lets every ready task run without moving the clock.
+async fn quiesce() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_sends_the_kill_signal_then_sigkill_after_kill_timeout() {
+    let rig = Rig::new();
+    let mut spec = rig.spec("stubborn");
+    spec.kill_signal = "SIGTERM".into();
+    spec.kill_timeout_ms = 2500;
+    let pid = rig
+        .start_behaving(
+            spec,
+            Behaviour {
+                ignores_stop: true,
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    let t0 = Instant::now();
+    let reply = rig.stop("stubborn").await;
+    assert_eq!(reply.processes[0].status, Status::Stopped);
+    let signals = rig.os.signals(pid);
+    assert_eq!(
+        signals,
+        vec![(t0, Signal::SIGTERM), (t0 + ms(2500), Signal::SIGKILL)],
+        "the kill signal at once, SIGKILL exactly kill_timeout later"
+    );
+    assert!(Instant::now() - t0 >= ms(2500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_that_obeys_the_stop_signal_gets_no_sigkill() {
+    let rig = Rig::new();
+    let mut spec = rig.spec("polite");
+    spec.kill_timeout_ms = 2500;
+    rig.start(spec).await;
+    let pid = rig.pid(0);
+    let t0 = Instant::now();
+    rig.stop("polite").await;
+    assert!(Instant::now() - t0 < ms(100), "stop waited for nothing");
+    tokio::time::sleep(ms(10_000)).await;
+    assert_eq!(rig.os.signals(pid), vec![(t0, Signal::SIGINT)]);
+    assert_eq!(rig.status(0), Status::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_restarts_after_restart_delay_and_not_before() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("crashy");
+    spec.restart_delay_ms = 3000;
+    rig.start(spec).await;
+    rig.crash(0, 1).await;
+    let t0 = Instant::now();
+    assert_eq!(rig.status(0), Status::WaitingRestart);
+    tokio::time::sleep_until(t0 + ms(2999)).await;
+    assert_eq!(rig.status(0), Status::WaitingRestart);
+    assert_eq!(rig.os.spawn_times("crashy").len(), 1);
+    rig.until_status(0, Status::Online).await;
+    let spawns = rig.os.spawn_times("crashy");
+    assert_eq!(spawns.len(), 2);
+    assert_eq!(spawns[1] - t0, ms(3000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exponential_backoff_grows_by_half_and_starts_over_after_a_stable_run() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("backoff");
+    spec.exp_backoff_restart_delay_ms = Some(100);
+    spec.max_restarts = 100;
+    rig.start(spec).await;
+    let mut gaps = Vec::new();
+    for _ in 0..4 {
+        rig.crash(0, 1).await;
+        let crashed = Instant::now();
+        rig.until_status(0, Status::Online).await;
+        gaps.push(*rig.os.spawn_times("backoff").last().expect("spawned") - crashed);
+    }
+    // ×1.5 each time; tokio's timers have a resolution of 1 ms (337.5 ms fires at 338 ms).
+    assert_eq!(gaps, vec![ms(100), ms(150), ms(225), ms(338)]);
+    // A run longer than min_uptime resets the backoff.
+    tokio::time::sleep(ms(1500)).await;
+    rig.crash(0, 1).await;
+    let crashed = Instant::now();
+    rig.until_status(0, Status::Online).await;
+    assert_eq!(
+        *rig.os.spawn_times("backoff").last().expect("spawned") - crashed,
+        ms(100)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unstable_runs_beyond_max_restarts_end_errored_with_the_reason() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("flaky");
+    spec.max_restarts = 2;
+    spec.min_uptime_ms = 1000;
+    rig.start(spec).await;
+    rig.crash_runs(0, 2, ms(200)).await;
+    tokio::time::sleep(ms(200)).await;
+    let pid = rig.pid(0);
+    rig.os.exit(pid, ExitReason::Code(3));
+    rig.until_status(0, Status::Errored).await;
+    let info = rig.info(0);
+    assert!(
+        info.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("max_restarts is 2")),
+        "{info:?}"
+    );
+    assert_eq!(rig.os.spawn_times("flaky").len(), 3, "1 start + 2 restarts");
+    assert_eq!(info.restarts, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_longer_than_min_uptime_never_end_errored() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("steady");
+    spec.max_restarts = 1;
+    spec.min_uptime_ms = 1000;
+    rig.start(spec).await;
+    rig.crash_runs(0, 5, ms(1000)).await;
+    assert_eq!(rig.info(0).unstable_restarts, 0);
+    assert_eq!(rig.os.spawn_times("steady").len(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn listen_timeout_makes_a_silent_instance_online_and_not_before() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("quiet");
+    spec.wait_ready = true;
+    spec.listen_timeout_ms = 3000;
+    rig.start(spec).await;
+    let t0 = Instant::now();
+    assert_eq!(rig.status(0), Status::Launching);
+    tokio::time::sleep_until(t0 + ms(2999)).await;
+    assert_eq!(rig.status(0), Status::Launching);
+    rig.until_status(0, Status::Online).await;
+    assert_eq!(Instant::now() - t0, ms(3000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ready_notice_makes_an_instance_online_at_once() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("talker");
+    spec.wait_ready = true;
+    spec.listen_timeout_ms = 3000;
+    rig.start(spec).await;
+    tokio::time::sleep(ms(400)).await;
+    let t0 = Instant::now();
+    rig.notify(0, "READY=1\nSTATUS=serving").await;
+    rig.until_status(0, Status::Online).await;
+    assert_eq!(Instant::now(), t0);
+    assert_eq!(rig.info(0).notify_status.as_deref(), Some("serving"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missed_watchdog_ping_kills_and_restarts_the_instance() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("dog");
+    spec.watchdog_timeout_ms = Some(1000);
+    rig.start(spec).await;
+    let pid = rig.pid(0);
+    // Pings in time keep it alive.
+    for _ in 0..3 {
+        tokio::time::sleep(ms(800)).await;
+        rig.notify(0, "WATCHDOG=1").await;
+    }
+    quiesce().await;
+    let last_ping = Instant::now();
+    assert!(rig.os.signals(pid).is_empty());
+    rig.until("the instance is replaced", |s| {
+        s.processes[0].pid.is_some_and(|p| p != pid.as_raw() as u32)
+    })
+    .await;
+    assert_eq!(
+        rig.os.signals(pid),
+        vec![(last_ping + ms(1000), Signal::SIGKILL)]
+    );
+    let info = rig.info(0);
+    assert!(
+        info.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("watchdog")),
+        "{info:?}"
+    );
+    assert_eq!(info.restarts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watchdog_does_not_fire_while_an_instance_is_stopping() {
+    let rig = Rig::new();
+    let mut spec = rig.spec("dog");
+    spec.watchdog_timeout_ms = Some(1000);
+    spec.kill_timeout_ms = 5000;
+    let pid = rig
+        .start_behaving(
+            spec,
+            Behaviour {
+                ignores_stop: true,
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    tokio::time::sleep(ms(100)).await;
+    let t0 = Instant::now();
+    rig.stop("dog").await;
+    assert_eq!(
+        rig.os.signals(pid),
+        vec![(t0, Signal::SIGINT), (t0 + ms(5000), Signal::SIGKILL)]
+    );
+    assert!(rig.info(0).reason.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_during_the_restart_delay_cancels_the_restart() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("later");
+    spec.restart_delay_ms = 5000;
+    rig.start(spec).await;
+    rig.crash(0, 1).await;
+    tokio::time::sleep(ms(1000)).await;
+    let t0 = Instant::now();
+    let reply = rig.stop("later").await;
+    assert_eq!(Instant::now(), t0, "nothing to wait for");
+    assert_eq!(reply.processes[0].status, Status::Stopped);
+    tokio::time::sleep(ms(60_000)).await;
+    assert_eq!(rig.os.spawn_times("later").len(), 1);
+    assert_eq!(rig.status(0), Status::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_waits_until_the_group_is_empty() {
+    let rig = Rig::new();
+    let pid = rig
+        .start_behaving(
+            rig.spec("family"),
+            Behaviour {
+                leaves_member: true,
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    let t0 = Instant::now();
+    let reply = rig.stop("family").await;
+    assert_eq!(reply.processes[0].status, Status::Stopped);
+    // The leader obeyed SIGINT; the member left behind was SIGKILLed as soon as it was seen.
+    assert_eq!(
+        rig.os.signals(pid),
+        vec![(t0, Signal::SIGINT), (t0, Signal::SIGKILL)]
+    );
+    assert!(!rig.os.group_alive(pid));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_waits_for_a_member_that_survives_sigkill_and_kills_it_again() {
+    let rig = Rig::new();
+    let pid = rig
+        .start_behaving(
+            rig.spec("stuck"),
+            Behaviour {
+                leaves_member: true,
+                member_survives_kill: true,
+                // So only the group, not the pipes, holds the stop.
+                member_closed_stdio: true,
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    let os = rig.os.clone();
+    later(ms(300), move || os.end_member(pid));
+    let (reply, held) = rig.timed_stop("stuck").await;
+    assert_eq!(reply.processes[0].status, Status::Stopped);
+    assert!(
+        held >= ms(300) && held <= ms(300) + timers::DRAIN_RECHECK,
+        "stop took {held:?}"
+    );
+    // SIGKILLed at the leader's exit, then again at every recheck until the group was empty.
+    let kills = rig
+        .os
+        .signals(pid)
+        .iter()
+        .filter(|(_, s)| *s == Signal::SIGKILL)
+        .count();
+    assert!(kills >= 300 / 20, "{kills} SIGKILLs");
+}
+
+const ESCAPES: Behaviour = Behaviour {
+    pipes_escape: true,
+    ignores_stop: false,
+    leaves_member: false,
+    member_closed_stdio: false,
+    member_survives_kill: false,
+    spawn_fails: false,
+};
+
+#[tokio::test(start_paused = true)]
+async fn an_escaped_process_holding_the_pipes_holds_stop_for_the_pipe_grace_only() {
+    let rig = Rig::new();
+    rig.start_behaving(rig.spec("escapee"), ESCAPES).await;
+    let (_, held) = rig.timed_stop("escapee").await;
+    assert!(
+        held >= exits::PIPE_GRACE && held <= exits::PIPE_GRACE + timers::DRAIN_RECHECK,
+        "stop took {held:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_ends_as_soon_as_the_escaped_pipes_close() {
+    let rig = Rig::new();
+    let pid = rig.start_behaving(rig.spec("escapee"), ESCAPES).await;
+    let os = rig.os.clone();
+    later(ms(300), move || os.close_pipes(pid));
+    let (_, held) = rig.timed_stop("escapee").await;
+    assert!(
+        held >= ms(300) && held <= ms(300) + timers::DRAIN_RECHECK,
+        "stop took {held:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_whose_replacement_never_gets_ready_fails_and_keeps_the_old_instance() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("api");
+    spec.wait_ready = true;
+    spec.listen_timeout_ms = 2000;
+    rig.start(spec).await;
+    rig.notify(0, "READY=1").await;
+    rig.until_status(0, Status::Online).await;
+    let old = rig.pid(0);
+    let t0 = Instant::now();
+    let result = rig
+        .ask(|reply| Command::Reload {
+            request: ReloadRequest {
+                target: "api".into(),
+                parallel: 1,
+            },
+            reply,
+        })
+        .await;
+    let err = result.expect_err("the reload fails");
+    assert!(
+        err.message.contains("not ready within listen_timeout"),
+        "{err:?}"
+    );
+    assert!(Instant::now() - t0 >= ms(2000));
+    // The old instance serves on, never signalled; the replacement was stopped.
+    assert!(rig.os.signals(old).is_empty());
+    assert_eq!(rig.pid(0), old);
+    assert_eq!(rig.status(0), Status::Online);
+    let running = rig.os.running("api");
+    assert_eq!(running, vec![old]);
+    assert_eq!(rig.snapshot.borrow().processes.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_stops_each_old_instance_once_its_replacement_is_ready() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("api");
+    spec.wait_ready = true;
+    spec.instances = 2;
+    rig.start(spec).await;
+    for id in [0, 1] {
+        rig.notify(id, "READY=1").await;
+        rig.until_status(id, Status::Online).await;
+    }
+    let olds = [rig.pid(0), rig.pid(1)];
+    let commands = rig.commands.clone();
+    let (tx, rx) = oneshot::channel();
+    commands
+        .send(Command::Reload {
+            request: ReloadRequest {
+                target: "api".into(),
+                parallel: 1,
+            },
+            reply: tx,
+        })
+        .await
+        .expect("supervisor runs");
+    for (n, old) in olds.into_iter().enumerate() {
+        rig.until("a replacement is spawned", |s| s.processes.len() == 3)
+            .await;
+        tokio::time::sleep(ms(500)).await;
+        assert!(
+            rig.os.signals(old).is_empty(),
+            "stopped before its successor was ready"
+        );
+        let new = rig.snapshot.borrow().processes[2].pid.expect("running");
+        rig.notices
+            .send(Notice::Notify {
+                pid: Pid::from_raw(new as i32),
+                message: notify::Message::parse("READY=1"),
+            })
+            .await
+            .expect("supervisor runs");
+        let id = n as u32;
+        // The replacement takes the old one's id (the next replacement may start at once).
+        rig.until("the old instance is replaced", |s| {
+            s.processes.iter().any(|p| p.id == id && p.pid == Some(new))
+        })
+        .await;
+        assert_eq!(rig.os.signals(old).len(), 1, "SIGINT once");
+    }
+    let reply = tokio::time::timeout(NEVER, rx)
+        .await
+        .expect("a reply within an hour")
+        .expect("a reply")
+        .expect("the reload succeeds");
+    assert_eq!(reply.ids, vec![0, 1]);
+    assert!(
+        reply.processes.iter().all(|p| p.status == Status::Online),
+        "{reply:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spawn_that_fails_ends_errored_with_the_reason() {
+    let rig = Rig::new();
+    rig.os.behave(
+        "missing",
+        Behaviour {
+            spawn_fails: true,
+            ..Behaviour::default()
+        },
+    );
+    let reply = rig.start(rig.spec("missing")).await;
+    let p = &reply.processes[0];
+    assert_eq!(p.status, Status::Errored);
+    assert!(
+        p.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("could not start")),
+        "{p:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exit_of_an_unknown_process_changes_nothing() {
+    let rig = Rig::new();
+    rig.start(rig.spec("calm")).await;
+    let before = rig.info(0);
+    rig.os.report_exit(Pid::from_raw(42), ExitReason::Code(1));
+    quiesce().await;
+    tokio::time::sleep(ms(5000)).await;
+    let after = rig.info(0);
+    assert_eq!(
+        (after.pid, after.status, after.restarts),
+        (before.pid, before.status, 0)
+    );
+}
+
+/// Replies leave only once the snapshot they describe is published (read-your-writes on any
+/// runtime flavour): driven step by step, without the loop.
+#[tokio::test(start_paused = true)]
+async fn a_reply_is_sent_only_after_its_snapshot_is_published() {
+    let (rig, mut sup, _inputs) = Rig::build();
+    let (tx, mut rx) = oneshot::channel();
+    sup.handle(Input::Command(Command::Start {
+        apps: vec![rig.spec("a")],
+        reply: tx,
+    }));
+    assert!(rx.try_recv().is_err(), "replied before publishing");
+    assert_eq!(sup.outbox.len(), 1);
+    assert!(rig.snapshot.borrow().processes.is_empty());
+    sup.settle();
+    let reply = rx.try_recv().expect("replied").expect("started");
+    assert_eq!(reply.started, vec!["a".to_string()]);
+    assert_eq!(rig.snapshot.borrow().processes.len(), 1);
+}
