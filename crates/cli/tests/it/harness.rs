@@ -199,6 +199,22 @@ impl Drop for Pm2rs {
     }
 }
 
+/// SIGKILLs the process whose pid a test's script wrote into this file (one the daemon's group
+/// kill cannot reach, such as a process in a session of its own), however the test ends.
+pub struct KillOnDrop(pub PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Waits for `child` up to `timeout`; kills it and returns None when it takes longer.
 pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Option<Output> {
     let end = Instant::now() + timeout;

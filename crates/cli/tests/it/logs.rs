@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::harness::{DEADLINE, Pm2rs, eventually, wait_with_timeout};
+use crate::harness::{DEADLINE, KillOnDrop, Pm2rs, eventually, wait_with_timeout};
 use pm2rs_proto::Status;
 
 /// Longer deadline for the floods (a debug-build daemon on a loaded 2-core machine).
@@ -100,19 +100,6 @@ log_max_size = 0
 
 #[test]
 fn a_process_that_left_the_group_does_not_hold_stop_by_its_log_pipes() {
-    /// Kills the escaped process however the test ends.
-    struct KillOnDrop(PathBuf);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if let Ok(pid) = std::fs::read_to_string(&self.0)
-                .unwrap_or_default()
-                .trim()
-                .parse()
-            {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
     let t = Pm2rs::new();
     // A new session of its own: the group kill cannot reach it, and it keeps stdout open.
     t.script(
