@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{DEADLINE, KillOnDrop, Pm2rs, alive, eventually, wait_with_timeout};
+use crate::harness::{DEADLINE, Pm2rs, alive, eventually, wait_with_timeout};
 
 #[test]
 fn first_command_starts_the_daemon_and_kill_cleans_up() {
@@ -49,17 +49,8 @@ fn kill_returns_only_once_the_daemon_process_is_gone() {
     let t = Pm2rs::new();
     // A process in a session of its own keeps the app's stdout open: after replying to the kill,
     // the daemon waits (seconds) for that pipe before it exits. `kill` must wait that long too.
-    t.script(
-        "escape.sh",
-        "setsid sleep 1000 & echo $! > escaped.pid; echo up; exec sleep 1000",
-    );
-    let _escaped = KillOnDrop(t.work().join("escaped.pid"));
-    t.ok(&["start", "escape.sh", "--name", "escape"]);
+    let _escaped = t.start_escaping("escape");
     t.wait_online("escape", 1);
-    assert!(eventually(DEADLINE, || t
-        .work()
-        .join("escaped.pid")
-        .exists()));
     let pid = t.daemon_pid().expect("daemon pid");
     let started = std::time::Instant::now();
     let out = t.ok(&["kill"]);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::harness::{DEADLINE, KillOnDrop, Pm2rs, eventually, wait_with_timeout};
+use crate::harness::{DEADLINE, Pm2rs, eventually, wait_with_timeout};
 use pm2rs_proto::Status;
 
 /// Longer deadline for the floods (a debug-build daemon on a loaded 2-core machine).
@@ -102,12 +102,7 @@ log_max_size = 0
 fn a_process_that_left_the_group_does_not_hold_stop_by_its_log_pipes() {
     let t = Pm2rs::new();
     // A new session of its own: the group kill cannot reach it, and it keeps stdout open.
-    t.script(
-        "escape.sh",
-        "setsid sleep 1000 & echo $! > escaped.pid; echo up; exec sleep 1000",
-    );
-    let _guard = KillOnDrop(t.work().join("escaped.pid"));
-    t.ok(&["start", "escape.sh", "--name", "escape"]);
+    let _guard = t.start_escaping("escape");
     let out = logs_dir(&t).join("escape-out.log");
     assert!(eventually(DEADLINE, || read(&out).contains("up")));
     // `stop` returns (within the harness's CLI timeout) although the pipes never close.
