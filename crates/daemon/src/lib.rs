@@ -12,8 +12,8 @@
 //!   shim), the rolling-reload state machine.
 //! - [`logs`]: output capture: pipes drained into rotated files, followers, the daemon's own log.
 //!
-//! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token);
-//! [`run_daemon`] is what `pm2rs daemon` calls.
+//! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token, as
+//! `tests/it/serve.rs` does); [`run_daemon`] is what `pm2rs daemon` calls.
 
 pub mod api;
 pub mod cluster;
