@@ -329,9 +329,10 @@ fn architecture_and_configuration_docs_exist() {
 /// - `$VAR/…/file`: `VAR` is a word of the code and `file` appears in the sources;
 /// - an absolute path (`/proc`, system files) or one under `target/` (build output): skipped;
 /// - a path (it has a `/`, or ends in `.rs`, `.toml`, `.js`, `.md`, `.json`, `.lock`, `.sh`):
-///   it exists relative to the repository root, or, under a `### \`crates/x\`` heading of the code
-///   map, relative to `crates/x/` or `crates/x/src/`; a bare file name (`lib.rs`) may be anywhere
-///   in that crate (anywhere under `crates/` or `xtask/` outside such a section);
+///   it exists relative to the repository root or, under a `###` heading of the code map whose
+///   first span names a directory (`crates/x`), relative to `crates/x/` or `crates/x/src/`; a bare
+///   file name (`lib.rs`) may be anywhere in that crate (anywhere under `crates/` or `xtask/`
+///   outside such a section);
 /// - a Rust path (`Foo`, `foo_bar`, `a::b::C`, `Foo::bar`, `foo()`, `waitpid(-1)`,
 ///   `routes::*`): every segment is a whole word of the code; after a module segment (some
 ///   `a.rs` or `a/mod.rs`), the next one is a word of that module's file; after a type segment
