@@ -10,7 +10,8 @@
 //!   every test of the workspace (unit, integration, tidy), in that order, stopping at the first failure.
 //! - `tidy` (tests only): repository rules checked by `cargo test -p xtask`, and so by
 //!   `cargo test --workspace`: module docs, no debugging leftovers, workspace-managed dependencies,
-//!   a clean repository root.
+//!   a clean repository root, and an architecture page that names only what exists in the code
+//!   (`tidy/doc_names.rs`).
 
 use std::process::ExitCode;
 

@@ -4,6 +4,8 @@
 //! `<file>: <rule>`, and fails once with the whole list, so one run shows everything to fix.
 //! Every rule says why it exists; a rule without a reason should be deleted, not obeyed.
 
+mod doc_names;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -307,6 +309,76 @@ fn architecture_and_configuration_docs_exist() {
     }
     report(
         "docs/architecture.md and docs/configuration.md exist",
+        violations,
+    );
+}
+
+/// Rule: every backticked name in docs/architecture.md exists in the code. Each span outside
+/// fenced blocks is checked by the first of these that fits:
+/// - a template (`ready <pid>`, `<file>.1`: something in `<lower-case>` brackets): skipped;
+/// - a command, `pm2rs X …`, `cargo xtask X …` or `xtask X …`: `X` is a subcommand (its
+///   CamelCase is a word of the code, as clap derives it, or `"X"` is a string of the sources),
+///   and each `--flag` in it is a flag (below);
+/// - a flag, `--name …`: `"--name"` is a string of the sources, or `name` (snake_case) a word of
+///   the code;
+/// - a signature, `name(a, b) -> T` (identifiers for arguments): `name` is checked as a Rust
+///   path (below), and some `fn name` of the code takes exactly that many parameters (`self`
+///   aside), each argument being the parameter's name or a type named in its type, and returns a
+///   type naming every identifier of `T`;
+/// - any other span with a space (prose, snippets such as `opt-level = "s"`): skipped;
+/// - `$VAR/…/file`: `VAR` is a word of the code and `file` appears in the sources;
+/// - an absolute path (`/proc`, system files) or one under `target/` (build output): skipped;
+/// - a path (it has a `/`, or ends in `.rs`, `.toml`, `.js`, `.md`, `.json`, `.lock`, `.sh`):
+///   it exists relative to the repository root or, under a `###` heading of the code map whose
+///   first span names a directory (`crates/x`), relative to `crates/x/` or `crates/x/src/`; a bare
+///   file name (`lib.rs`) may be anywhere in that crate (anywhere under `crates/` or `xtask/`
+///   outside such a section);
+/// - a Rust path (`Foo`, `foo_bar`, `a::b::C`, `Foo::bar`, `foo()`, `waitpid(-1)`,
+///   `routes::*`): every segment is a whole word of the code; after a module segment (some
+///   `a.rs` or `a/mod.rs`), the next one is a word of that module's file; after a type segment
+///   defined or implemented in the repository, the next one is a word of a file doing so;
+/// - anything else (header names, file names, sysctls, `[[apps]]`): it appears verbatim in the
+///   sources (a kebab-case word may instead have its CamelCase in the code: `reload-logs`).
+///
+/// "The code" is the `.rs` files under `crates/` and `xtask/` with their comments removed (a name
+/// that survives only in a comment is stale), plus the `.js` files and the manifests (`Cargo.toml`
+/// files, `.cargo/config.toml`); "the sources" are the same files with their comments.
+///
+/// Why: the architecture page is the map a newcomer trusts. Renaming, moving or deleting code
+/// without updating the page makes it lie quietly; this makes it fail loudly, with every stale
+/// name and its line.
+#[test]
+fn architecture_doc_names_only_what_exists() {
+    let root = repo_root();
+    let doc = "docs/architecture.md";
+    let page = fs::read_to_string(root.join(doc)).expect("docs/architecture.md can be read");
+    let mut files: Vec<PathBuf> = SOURCE_DIRS
+        .iter()
+        .flat_map(|dir| {
+            files_under(&root.join(dir), &|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == "rs" || ext == "js" || ext == "toml")
+            })
+        })
+        .collect();
+    files.push(root.join("Cargo.toml"));
+    files.push(root.join(".cargo/config.toml"));
+    let index = doc_names::index(&root, files);
+    let tokens = doc_names::tokens(&page, &root);
+    assert!(
+        tokens.len() > 50,
+        "only {} backticked spans found in {doc}: is the page or the parser broken?",
+        tokens.len()
+    );
+    let violations = tokens
+        .iter()
+        .filter_map(|token| {
+            let why = index.check(token)?;
+            Some(format!("{doc}:{}: `{}`: {why}", token.line, token.text))
+        })
+        .collect();
+    report(
+        "every backticked path and name in docs/architecture.md exists in the code",
         violations,
     );
 }

@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use pm2rs_config::{LoadOptions, ScriptOptions};
 use pm2rs_proto::{
-    ActionResponse, DescribeResponse, ListResponse, PingResponse, ReloadRequest, ScaleRequest,
-    ScaleTo, StartRequest, StartResponse, TargetRequest, routes,
+    ActionResponse, DescribeResponse, ListResponse, PID_FILE, PingResponse, ReloadRequest,
+    ScaleRequest, ScaleTo, StartRequest, StartResponse, TargetRequest, routes,
 };
 use serde::Serialize;
 
@@ -236,23 +238,68 @@ async fn kill(home: &std::path::Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let ping: PingResponse = c.get(routes::PING).await?;
+    // Opened before the kill, while the daemon surely holds its lock: it removes the file as it ends.
+    let pid_file = home.join(PID_FILE);
+    let lock_file = std::fs::File::open(&pid_file)
+        .with_context(|| format!("cannot open {}", pid_file.display()))?;
     let resp: ActionResponse = c.post(routes::KILL, &()).await?;
     let deadline = Instant::now() + KILL_WAIT;
     let pid = nix::unistd::Pid::from_raw(ping.pid as i32);
+    let still_running = || {
+        anyhow::anyhow!(
+            "the daemon (pid {pid}) is still running after {}s",
+            KILL_WAIT.as_secs()
+        )
+    };
+    if !lock_released(lock_file, KILL_WAIT).await? {
+        return Err(still_running());
+    }
+    // The kernel lets the lock go as the daemon's process ends; the process may take a few more
+    // microseconds to be gone, so this loop almost never runs.
     while pm2rs_daemon::process::is_running(pid) {
         if Instant::now() > deadline {
-            anyhow::bail!(
-                "the daemon (pid {pid}) is still running after {}s",
-                KILL_WAIT.as_secs()
-            );
+            return Err(still_running());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     say(&format!(
         "stopped {} process(es) and the daemon",
         resp.ids.len()
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits, at most `wait`, until nobody holds an exclusive `flock` on `file` (the daemon holds one on
+/// its pid file until its process ends): takes a shared lock and lets it go at once. `Ok(false)`
+/// when `wait` ran out. `flock` blocks, so it runs on a thread of its own, not one of the runtime's
+/// blocking threads: on a timeout that thread is left blocked, and the runtime would wait for it
+/// at exit.
+async fn lock_released(file: std::fs::File, wait: Duration) -> anyhow::Result<bool> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kill-wait".into())
+        .spawn(move || {
+            let mut file = file;
+            let taken = loop {
+                match Flock::lock(file, FlockArg::LockShared) {
+                    // Released at once (dropped): only its taking mattered.
+                    Ok(lock) => {
+                        drop(lock);
+                        break Ok(());
+                    }
+                    Err((back, Errno::EINTR)) => file = back,
+                    Err((_, e)) => break Err(e),
+                }
+            };
+            let _ = tx.send(taken);
+        })
+        .context("cannot start a thread to wait for the daemon")?;
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(Ok(()))) => Ok(true),
+        Ok(Ok(Err(e))) => Err(e).context("cannot wait on the daemon's pid-file lock"),
+        Ok(Err(_)) => anyhow::bail!("the thread waiting for the daemon ended without an answer"),
+        Err(_) => Ok(false),
+    }
 }
 
 fn parse_scale(count: &str) -> anyhow::Result<ScaleTo> {

@@ -14,8 +14,8 @@
 //!   shim), the rolling-reload state machine.
 //! - [`logs`]: output capture: pipes drained into rotated files, followers, the daemon's own log.
 //!
-//! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token);
-//! [`run_daemon`] is what `pm2rs daemon` calls.
+//! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token, as
+//! `tests/it/serve.rs` does); [`run_daemon`] is what `pm2rs daemon` calls.
 
 pub mod api;
 pub mod cluster;
@@ -65,7 +65,8 @@ const LOG_WRITE_THREADS: usize = 8;
 const LOG_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the daemon in the foreground until `pm2rs kill`, SIGTERM or SIGINT. Prints `ready <pid>` on
-/// stdout once the socket accepts connections (the CLI waits for that line).
+/// stdout once the socket accepts connections (the CLI waits for that line). Once per process: the
+/// pid-file lock it takes is held until the process exits.
 pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
     let home = Home::new(opts.home);
     home.prepare()?;
@@ -108,9 +109,13 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
         info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
         serve(listener, home.clone(), hub, shutdown, signalled).await
     });
+    // Blocking threads still writing log files finish before the daemon counts as gone.
+    drop(runtime);
     home.cleanup();
-    drop(lock);
     info!("daemon exited");
+    // The pid-file lock is released by the kernel as the process ends, not before: `pm2rs kill`
+    // waits on it and reports the daemon gone once nothing of it runs any more.
+    std::mem::forget(lock);
     result
 }
 

@@ -45,6 +45,25 @@ fn first_command_starts_the_daemon_and_kill_cleans_up() {
 }
 
 #[test]
+fn kill_returns_only_once_the_daemon_process_is_gone() {
+    let t = Pm2rs::new();
+    // A process in a session of its own keeps the app's stdout open: after replying to the kill,
+    // the daemon waits (seconds) for that pipe before it exits. `kill` must wait that long too.
+    let _escaped = t.start_escaping("escape");
+    t.wait_online("escape", 1);
+    let pid = t.daemon_pid().expect("daemon pid");
+    let started = std::time::Instant::now();
+    let out = t.ok(&["kill"]);
+    assert!(out.contains("daemon"), "{out}");
+    assert!(
+        !alive(pid),
+        "`kill` returned after {:?} with the daemon still running",
+        started.elapsed()
+    );
+    assert!(!t.home().join("pm2rs.sock").exists(), "socket left behind");
+}
+
+#[test]
 fn a_live_daemon_is_never_replaced_and_a_stale_socket_is() {
     let t = Pm2rs::new();
     // A stale socket file: bound once, nobody listening.

@@ -167,6 +167,25 @@ impl Pm2rs {
         path
     }
 
+    /// Starts app `name`, which prints `up` and leaves a process in a session of its own (out of
+    /// the app's group: no group kill reaches it) holding the app's stdout open. Returns once that
+    /// process's pid is known; the guard kills it.
+    pub fn start_escaping(&self, name: &str) -> KillOnDrop {
+        let script = format!("{name}.sh");
+        let pid_file = format!("{name}.escaped.pid");
+        self.script(
+            &script,
+            &format!("setsid sleep 1000 & echo $! > {pid_file}; echo up; exec sleep 1000"),
+        );
+        let escaped = KillOnDrop(self.work().join(pid_file));
+        self.ok(&["start", &script, "--name", name]);
+        assert!(
+            eventually(DEADLINE, || escaped.pid().is_some()),
+            "the escaping process of {name} never wrote its pid"
+        );
+        escaped
+    }
+
     /// The daemon's pid from its pid file, if the file exists.
     pub fn daemon_pid(&self) -> Option<Pid> {
         let text = std::fs::read_to_string(self.home().join("pm2rs.pid")).ok()?;
@@ -195,6 +214,24 @@ impl Drop for Pm2rs {
         }
         for pid in self.seen.borrow().iter() {
             let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// SIGKILLs the process whose pid a test's script wrote into this file (one the daemon's group
+/// kill cannot reach, such as a process in a session of its own), however the test ends.
+pub struct KillOnDrop(PathBuf);
+
+impl KillOnDrop {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }

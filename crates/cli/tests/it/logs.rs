@@ -100,27 +100,9 @@ log_max_size = 0
 
 #[test]
 fn a_process_that_left_the_group_does_not_hold_stop_by_its_log_pipes() {
-    /// Kills the escaped process however the test ends.
-    struct KillOnDrop(PathBuf);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if let Ok(pid) = std::fs::read_to_string(&self.0)
-                .unwrap_or_default()
-                .trim()
-                .parse()
-            {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
     let t = Pm2rs::new();
     // A new session of its own: the group kill cannot reach it, and it keeps stdout open.
-    t.script(
-        "escape.sh",
-        "setsid sleep 1000 & echo $! > escaped.pid; echo up; exec sleep 1000",
-    );
-    let _guard = KillOnDrop(t.work().join("escaped.pid"));
-    t.ok(&["start", "escape.sh", "--name", "escape"]);
+    let _guard = t.start_escaping("escape");
     let out = logs_dir(&t).join("escape-out.log");
     assert!(eventually(DEADLINE, || read(&out).contains("up")));
     // `stop` returns (within the harness's CLI timeout) although the pipes never close.

@@ -33,7 +33,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
-use super::{Batch, LineFormat, Sink};
+use super::{Batch, LineFormat, Sink, lock_sink};
 
 /// Bytes read from a pipe before they are written out.
 pub const CHUNK: usize = 256 << 10;
@@ -381,10 +381,8 @@ impl Drain {
             loop {
                 let sink = sink.clone();
                 let result = tokio::task::spawn_blocking(move || {
-                    let r = match sink.lock() {
-                        Ok(mut s) => s.write(&data[from..]).map(|()| s.end()).map_err(|(n, _)| n),
-                        Err(_) => Ok(None),
-                    };
+                    let mut s = lock_sink(&sink);
+                    let r = s.write(&data[from..]).map(|()| s.end()).map_err(|(n, _)| n);
                     (data, r)
                 })
                 .await;
@@ -669,6 +667,41 @@ mod tests {
         .await;
         drop((out, out_probe, err));
         until("the pipes are drained", || drained.is_done()).await;
+    }
+
+    /// Poisons `sink`'s lock: a thread panics while holding it.
+    fn poison(sink: &Arc<Mutex<Sink>>) {
+        let held = sink.clone();
+        let panicked = std::thread::spawn(move || {
+            let _guard = held.lock();
+            panic!("a writer panics holding the sink's lock (this panic is part of the test)");
+        })
+        .join();
+        assert!(panicked.is_err() && sink.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_sink_lock_still_gets_the_bytes_and_flushes() {
+        let (dir, hub) = hub();
+        let spec = AppSpec::new("poisoned", "/bin/true", "/");
+        let file = dir.path().join("poisoned-out.log");
+        // The drain started below shares this sink: the hub hands out one per path.
+        let sink = hub.sink(&file, hub.rotation(&spec));
+        poison(&sink);
+        let (out, err, capture) = capture(&hub, "poisoned");
+        let drained = hub.start(capture, std::process::id());
+        std::fs::File::from(out).write_all(b"one\ntwo\n").unwrap();
+        drop(err);
+        until("both pipes are drained", || drained.is_done()).await;
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "one\ntwo\n");
+        assert_eq!(drained.written(), 8);
+        assert!(!sink.is_poisoned(), "the poison is cleared once reported");
+
+        // `flush` empties a file whose lock is poisoned too.
+        poison(&sink);
+        let errors = hub.flush_blocking(&[(file.clone(), 0)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
     }
 
     #[test]

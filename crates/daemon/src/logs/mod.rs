@@ -24,7 +24,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
@@ -373,7 +373,7 @@ impl LogHub {
         // `try_lock`: a sink busy writing (perhaps stuck on a slow disk) is skipped, never awaited.
         sinks
             .iter()
-            .filter_map(|s| s.try_lock().ok()?.problem().map(str::to_owned))
+            .filter_map(|s| try_lock_sink(s)?.problem().map(str::to_owned))
             .collect()
     }
 
@@ -400,10 +400,7 @@ impl LogHub {
         for (path, retain) in files {
             let sink = lock(&self.inner.sinks).get(path).and_then(Weak::upgrade);
             let result = match sink {
-                Some(s) => match s.lock() {
-                    Ok(mut s) => s.flush(),
-                    Err(_) => Ok(()),
-                },
+                Some(s) => lock_sink(&s).flush(),
                 None => sink::flush_path(path, *retain),
             };
             if let Err(e) = result {
@@ -433,8 +430,39 @@ impl LogHub {
 }
 
 /// Locks a mutex that no holder can leave poisoned in a harmful way (plain maps and files).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Locks a log file, even one whose lock a panicking writer poisoned: refusing it would drop
+/// every later byte of that file, while the panic can have spoilt at most the write it was in.
+fn lock_sink(sink: &Mutex<Sink>) -> MutexGuard<'_, Sink> {
+    sink.lock()
+        .unwrap_or_else(|poisoned| recover_sink(sink, poisoned))
+}
+
+/// [`lock_sink`] without waiting: `None` while another thread holds the lock.
+fn try_lock_sink(sink: &Mutex<Sink>) -> Option<MutexGuard<'_, Sink>> {
+    match sink.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(recover_sink(sink, poisoned)),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+/// Takes a poisoned sink's guard, says so once (the poison is cleared, so the next lock is
+/// ordinary until another panic), and hands the guard on.
+fn recover_sink<'a>(
+    sink: &Mutex<Sink>,
+    poisoned: PoisonError<MutexGuard<'a, Sink>>,
+) -> MutexGuard<'a, Sink> {
+    let guard = poisoned.into_inner();
+    warn!(
+        path = %guard.path().display(),
+        "a log file's lock was poisoned by a panic while writing it; writing on"
+    );
+    sink.clear_poison();
+    guard
 }
 
 #[cfg(test)]
