@@ -60,6 +60,8 @@ pub(crate) struct Source {
     pub(crate) file: Option<PathBuf>,
     /// The absolute directory relative paths refer to.
     pub(crate) base_dir: PathBuf,
+    /// A JavaScript file's own text, where errors look for their key's line.
+    pub(crate) js_text: Option<String>,
 }
 
 impl Source {
@@ -106,11 +108,14 @@ pub(crate) fn read_file(
         .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
     let bytes = std::fs::read(path)
         .map_err(|e| file_error(path, format!("cannot read the ecosystem file: {e}")))?;
-    let text = if kind == FileKind::JavaScript {
+    let (text, js_text) = if kind == FileKind::JavaScript {
+        let js_text = String::from_utf8_lossy(&bytes).into_owned();
         let timeout = opts.js_timeout.unwrap_or(DEFAULT_JS_TIMEOUT);
-        js::evaluate(&file, path_var, timeout).map_err(|e| js_errors(path, e))?
+        let json =
+            js::evaluate(&file, path_var, timeout).map_err(|e| js_errors(path, e, &js_text))?;
+        (json, Some(js_text))
     } else {
-        decode(path, bytes)?
+        (decode(path, bytes)?, None)
     };
     Ok(Source {
         name: path.to_path_buf(),
@@ -118,6 +123,7 @@ pub(crate) fn read_file(
         text,
         file: Some(file),
         base_dir,
+        js_text,
     })
 }
 
@@ -140,24 +146,29 @@ pub(crate) fn read_stdin(bytes: Vec<u8>, cwd: &Path) -> Result<Source, ConfigErr
         text,
         file: None,
         base_dir,
+        js_text: None,
     })
 }
 
-fn js_errors(name: &Path, error: JsError) -> ConfigErrors {
+fn js_errors(name: &Path, error: JsError, js_text: &str) -> ConfigErrors {
     match error {
         JsError::Failed(message) => file_error(name, message),
-        JsError::Values(problems) => ConfigErrors {
-            errors: problems
-                .into_iter()
-                .map(|(key, message)| ConfigError {
-                    file: Some(name.to_path_buf()),
-                    line: None,
-                    column: None,
-                    key: (!key.is_empty()).then_some(key),
-                    message,
-                })
-                .collect(),
-        },
+        JsError::Values(problems) => {
+            let mut errors = ConfigErrors {
+                errors: problems
+                    .into_iter()
+                    .map(|(key, message)| ConfigError {
+                        file: Some(name.to_path_buf()),
+                        line: None,
+                        column: None,
+                        key: (!key.is_empty()).then_some(key),
+                        message,
+                    })
+                    .collect(),
+            };
+            js::locate_keys(js_text, &mut errors);
+            errors
+        }
     }
 }
 
@@ -299,7 +310,11 @@ pub(crate) fn validate(
     }
 
     if !diag.is_empty() {
-        return Err(diag.finish(Some(&source.name), lines.as_ref()));
+        let mut errors = diag.finish(Some(&source.name), lines.as_ref());
+        if let Some(js) = &source.js_text {
+            js::locate_keys(js, &mut errors);
+        }
+        return Err(errors);
     }
     Ok(checked
         .into_iter()

@@ -6,6 +6,9 @@
 //! has exited, the whole group is SIGKILLed, so a configuration that never ends, or that starts
 //! processes, leaves nothing behind. `node`'s exit is awaited with `waitid(WNOWAIT)` on a thread,
 //! so its pid (and so the group's id) stays reserved until the group has been killed.
+//!
+//! Errors about the JSON have no meaningful line; [`locate_keys`] finds the key in the
+//! JavaScript text when it is written there exactly once.
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -19,6 +22,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 
+use crate::error::{ConfigErrors, LineIndex};
 use crate::resolve::find_in_path;
 
 /// How long `node` may take to evaluate a file when [`crate::LoadOptions::js_timeout`] is unset.
@@ -217,5 +221,84 @@ fn node_failure(status: &str, stderr: &[u8]) -> String {
         format!("node could not evaluate the file ({status})")
     } else {
         format!("node could not evaluate the file:\n{report}")
+    }
+}
+
+/// Gives errors about a JavaScript file (which carry a key path but no line) the line and
+/// column of their key in the JavaScript source, when the key's name is written there as a
+/// property exactly once (`name:`, `'name':` or `"name":`); with several, or none (a computed
+/// key), the error keeps the key path alone.
+pub(crate) fn locate_keys(js: &str, errors: &mut ConfigErrors) {
+    let lines = LineIndex::new(js);
+    for error in &mut errors.errors {
+        if error.line.is_some() {
+            continue;
+        }
+        let Some(name) = error.key.as_deref().and_then(last_key) else {
+            continue;
+        };
+        if let [offset] = property_offsets(js, name)[..] {
+            let (line, column) = lines.position(offset);
+            error.line = Some(line);
+            error.column = Some(column);
+        }
+    }
+}
+
+/// The last key of a path, without array indices: `apps[0].args[1]` → `args`.
+fn last_key(path: &str) -> Option<&str> {
+    let last = path.rsplit('.').next()?;
+    let name = last.split('[').next()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// Where `name` is written as a property: not inside a longer identifier, quoted or not,
+/// followed by `:`.
+fn property_offsets(js: &str, name: &str) -> Vec<usize> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    js.match_indices(name)
+        .filter_map(|(at, _)| {
+            let before = js[..at].chars().next_back();
+            let mut rest = js[at + name.len()..].chars().peekable();
+            let start = match before {
+                Some(quote @ ('\'' | '"' | '`')) => {
+                    if rest.next() != Some(quote) {
+                        return None;
+                    }
+                    at - 1
+                }
+                Some(c) if ident(c) => return None,
+                _ => {
+                    if rest.peek().is_some_and(|c| ident(*c)) {
+                        return None;
+                    }
+                    at
+                }
+            };
+            let colon = rest.find(|c| !c.is_whitespace()) == Some(':');
+            colon.then_some(start)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_when_written_once() {
+        let js = "module.exports = {\n  apps: [{ name: 'a', 'max_restarts' : -1, env: { NAME: 1 } }],\n  // name: x\n};\n";
+        assert_eq!(property_offsets(js, "max_restarts"), [41]);
+        assert_eq!(
+            property_offsets(js, "name").len(),
+            2,
+            "a comment counts: no line then"
+        );
+        assert_eq!(property_offsets(js, "NAME").len(), 1);
+        assert_eq!(property_offsets(js, "apps").len(), 1);
+        assert_eq!(property_offsets(js, "exports"), Vec::<usize>::new());
+        assert_eq!(last_key("apps[0].args[1]"), Some("args"));
+        assert_eq!(last_key("apps[0]"), Some("apps"));
+        assert_eq!(last_key("[1]"), None);
     }
 }

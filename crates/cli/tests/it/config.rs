@@ -165,7 +165,7 @@ fn start_and_convert_a_javascript_ecosystem() {
     t.wait_online("from-js", 2);
     wait_file(&path, |s| s.trim() == "hello-from-js");
 
-    // A key error is keyed by its path; nothing changes.
+    // A key error names the key path, and the line of the key written once in the file.
     t.write(
         "bad.config.js",
         "module.exports = { apps: [{ name: 'from-js', script: 'env.sh', max_restarts: -1 }] };\n",
@@ -173,8 +173,9 @@ fn start_and_convert_a_javascript_ecosystem() {
     let r = t.run(&["start", "bad.config.js"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr
-            .contains("bad.config.js: apps[0].max_restarts: `max_restarts` must not be negative"),
+        r.stderr.contains(
+            "bad.config.js:1:64: apps[0].max_restarts: `max_restarts` must not be negative"
+        ),
         "{}",
         r.stderr
     );

@@ -248,33 +248,37 @@ fn a_config_that_never_ends_is_stopped_at_the_deadline_with_what_it_started() {
 }
 
 #[test]
-fn values_json_cannot_carry_and_key_errors_are_keyed_by_path() {
+fn values_json_cannot_carry_and_key_errors_are_keyed_by_path_and_located_when_unambiguous() {
     let fx = Fixture::new();
-    let js = "module.exports = { apps: [{ script: () => 'app.js', env: { DB: process.env.PM2RS_TEST_UNSET_VAR, N: NaN } }] };\n";
+    let js = "module.exports = { apps: [{\n  script: () => 'app.js',\n  env: { DB: process.env.PM2RS_TEST_UNSET_VAR, N: NaN },\n}] };\n";
     assert_eq!(
         fx.js_errors("ecosystem.config.js", js, &opts()),
         [
-            "ecosystem.config.js: apps[0].script: the value is a function; an ecosystem holds data only (strings, numbers, booleans, arrays and objects)",
-            "ecosystem.config.js: apps[0].env.DB: the value is undefined (an unset process.env variable?); give it a value, or null to leave the key unset",
-            "ecosystem.config.js: apps[0].env.N: the value is NaN, not a finite number",
+            "ecosystem.config.js:2:3: apps[0].script: the value is a function; an ecosystem holds data only (strings, numbers, booleans, arrays and objects)",
+            "ecosystem.config.js:3:10: apps[0].env.DB: the value is undefined (an unset process.env variable?); give it a value, or null to leave the key unset",
+            "ecosystem.config.js:3:48: apps[0].env.N: the value is NaN, not a finite number",
         ]
     );
     let js = "const a = { script: 'app.js', when: new Date(0) };\na.self = { a };\nmodule.exports = { apps: [a] };\n";
     assert_eq!(
         fx.js_errors("ecosystem.config.js", js, &opts()),
         [
-            "ecosystem.config.js: apps[0].when: the value is a Date, not plain data; write a string, number, array or { ... } object",
+            "ecosystem.config.js:1:31: apps[0].when: the value is a Date, not plain data; write a string, number, array or { ... } object",
+            // `a` is never written as `a:` (shorthand): no line.
             "ecosystem.config.js: apps[0].self.a: the value contains itself (a circular reference)",
         ]
     );
-    // Validation errors: the key path and the message of any format, no line.
-    let js = "module.exports = {\n  apps: [{ script: 'app.js', max_restarts: -1, watch: true, instancez: 2 }],\n};\n";
+    // Validation errors: the key path and the message of any format; the line of the key
+    // when it is written once, none when it is written twice.
+    let js = "const shared = { max_restarts: -1 };\nmodule.exports = {\n  apps: [\n    { ...shared, script: 'app.js', watch: true, instancez: 2 },\n    { ...shared, script: 'app.js', 'instancez': 3 },\n  ],\n};\n";
     assert_eq!(
         fx.js_errors("ecosystem.config.js", js, &opts()),
         [
-            "ecosystem.config.js: apps[0].max_restarts: `max_restarts` must not be negative (got -1)",
-            "ecosystem.config.js: apps[0].watch: `watch` is not supported yet by pm2rs (remove it or set it to false)",
+            "ecosystem.config.js:1:18: apps[0].max_restarts: `max_restarts` must not be negative (got -1)",
+            "ecosystem.config.js:4:36: apps[0].watch: `watch` is not supported yet by pm2rs (remove it or set it to false)",
             "ecosystem.config.js: apps[0].instancez: unknown key `instancez`; did you mean `instances`?",
+            "ecosystem.config.js:1:18: apps[1].max_restarts: `max_restarts` must not be negative (got -1)",
+            "ecosystem.config.js: apps[1].instancez: unknown key `instancez`; did you mean `instances`?",
         ]
     );
     let js = "module.exports = { apps: [{ name: 'w', script: 'app.js' }, { name: 'w', script: 'app.js' }] };\n";
