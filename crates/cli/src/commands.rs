@@ -141,6 +141,9 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
             js_timeout: None,
         };
         if from_stdin {
+            if std::io::stdin().is_terminal() {
+                eprintln!("pm2rs: reading the ecosystem from standard input (end it with Ctrl-D)");
+            }
             let mut input = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut input)
                 .context("cannot read the ecosystem from standard input")?;

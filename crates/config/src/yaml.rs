@@ -4,7 +4,8 @@
 //! Plain scalars are typed as YAML 1.2's core schema does (PM2's js-yaml does the same):
 //! `null`/`~`/empty, `true`/`false`, integers (also `0x`, `0o`), floats (also `.inf`, `.nan`);
 //! everything else, and every quoted scalar, is a string. Anchors and aliases work (an alias is a
-//! copy of its anchor's value, bounded in total size); duplicate keys are errors, as in JSON.
+//! copy of its anchor's value, bounded in total size), and so do merge keys (`<<: *defaults`, as
+//! js-yaml reads them); duplicate keys are errors, as in JSON.
 
 use std::collections::HashMap;
 
@@ -167,29 +168,38 @@ impl<'a> Builder<'a> {
         Ok(node)
     }
 
-    /// The entries of a mapping whose start was just read, and the span of its end.
+    /// The entries of a mapping whose start was just read, and the span of its end. A merge key
+    /// (`<<: *defaults`, or a list of aliases) adds the keys of those mappings that the mapping
+    /// does not set itself, the first merged mapping winning, as YAML's merge type says.
     fn mapping(&mut self, depth: usize) -> Result<(Vec<Entry>, Span), SyntaxError> {
         let mut entries: Vec<Entry> = Vec::new();
+        let mut merged: Vec<Entry> = Vec::new();
         loop {
             let (event, key_span) = self.next()?;
             let key_loc = self.span(&key_span, &key_span);
-            let key = match event {
-                Event::MappingEnd => return Ok((entries, key_span)),
-                Event::Scalar(text, ..) => text.into_owned(),
+            let at = self.bytes.at(key_span.start.index());
+            let (key, merge) = match event {
+                Event::MappingEnd => break Ok((with_merged(entries, merged), key_span)),
+                Event::Scalar(text, style, ..) => {
+                    let merge = text == "<<" && style == ScalarStyle::Plain;
+                    (text.into_owned(), merge)
+                }
                 _ => {
-                    let at = self.bytes.at(key_span.start.index());
                     return Err((
                         at,
                         "mapping keys must be plain names, not lists or mappings".into(),
                     ));
                 }
             };
-            if entries.iter().any(|e| e.key == key) {
-                let at = self.bytes.at(key_span.start.index());
-                return Err((at, format!("duplicate key `{key}` in this mapping")));
-            }
             let (event, span) = self.next()?;
             let node = self.node(event, span, depth + 1)?;
+            if merge {
+                merged.extend(merge_sources(node, at)?);
+                continue;
+            }
+            if entries.iter().any(|e| e.key == key) {
+                return Err((at, format!("duplicate key `{key}` in this mapping")));
+            }
             entries.push(Entry { key, key_loc, node });
         }
     }
@@ -204,6 +214,38 @@ impl<'a> Builder<'a> {
         }
         Ok(())
     }
+}
+
+/// The entries a merge key brings: of one mapping, or of each mapping of a list.
+fn merge_sources(node: Node, at: usize) -> Result<Vec<Entry>, SyntaxError> {
+    let not_mapping = || {
+        (
+            at,
+            "`<<` (merge) takes a mapping or a list of mappings".to_string(),
+        )
+    };
+    match node.value {
+        Value::Table(entries) => Ok(entries),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item.value {
+                Value::Table(entries) => Ok(entries),
+                _ => Err(not_mapping()),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|tables| tables.into_iter().flatten().collect()),
+        _ => Err(not_mapping()),
+    }
+}
+
+/// `entries`, then each merged entry whose key neither they nor an earlier merged one have.
+fn with_merged(mut entries: Vec<Entry>, merged: Vec<Entry>) -> Vec<Entry> {
+    for entry in merged {
+        if !entries.iter().any(|e| e.key == entry.key) {
+            entries.push(entry);
+        }
+    }
+    entries
 }
 
 /// Number of values in `node`, itself included.
@@ -336,11 +378,25 @@ mod tests {
     }
 
     #[test]
-    fn aliases_copy_their_anchor() {
+    fn aliases_copy_their_anchor_and_merge_keys_fill_in() {
         let text = "base: &b {A: 1}\nother: *b\n";
         let root = parse_yaml(text).unwrap();
         let e = entries(&root);
         assert_eq!(entries(&e[1].node)[0].key, "A");
+
+        let text = "d: &d {x: 1, y: 1}\ne: &e {y: 2, z: 2}\napp:\n  <<: [*d, *e]\n  x: 0\n";
+        let root = parse_yaml(text).unwrap();
+        let app = entries(&entries(&root)[2].node);
+        let got: Vec<(&str, i64)> = app
+            .iter()
+            .map(|e| match e.node.value {
+                Value::Int(n) => (e.key.as_str(), n),
+                ref other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, [("x", 0), ("y", 1), ("z", 2)]);
+        let errors = parse_yaml("a:\n  <<: 3\n").unwrap_err();
+        assert!(errors[0].1.contains("merge"), "{errors:?}");
     }
 
     #[test]

@@ -347,6 +347,12 @@ fn yaml_ecosystem_gives_the_same_apps_as_toml() {
         .unwrap();
     assert_eq!(apps[0].name, "app");
     assert_eq!(apps[0].exec_mode, ExecMode::Fork);
+    // Anchors and merge keys, as PM2's js-yaml reads them.
+    let text = "apps:\n  - &base\n    name: one\n    script: app.js\n    env: {MODE: a}\n  - <<: *base\n    name: two\n";
+    let apps = fx.load("ecosystem.yaml", text, &opts()).unwrap();
+    assert_eq!(apps[1].name, "two");
+    assert_eq!(apps[1].env, env(&[("MODE", "a")]));
+    assert_eq!(apps[1].script, fx.root().join("app.js"));
 }
 
 #[test]
