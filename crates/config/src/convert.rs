@@ -114,7 +114,9 @@ impl Plan {
                         let _ = writeln!(out, "{} = {}", key(&entry.key), toml(&entry.node.value));
                     }
                     Line::Note(note) => {
-                        let _ = writeln!(out, "# {note}");
+                        for line in note.lines() {
+                            let _ = writeln!(out, "# {line}");
+                        }
                     }
                 }
             }
@@ -178,16 +180,16 @@ fn meaning_notes(entries: &[Entry]) -> Vec<String> {
     let mut notes = Vec::new();
     if by_node && has(Field::Instances) && !has(Field::ExecMode) {
         notes.push(
-            "PM2 runs a Node app that sets `instances` but no `exec_mode` in cluster mode; pm2rs \
-             runs it in fork mode: add exec_mode = \"cluster\" for PM2's behaviour."
+            "PM2 runs a Node app that sets `instances` but no `exec_mode` in cluster mode;\n\
+             pm2rs runs it in fork mode: add exec_mode = \"cluster\" for PM2's behaviour."
                 .into(),
         );
     }
     if interpreter.is_none() && !script.is_empty() && default_interpreter(script).is_none() {
         notes.push(
-            "PM2 runs a script whose extension it does not know with node, unless it is a binary; \
-             pm2rs runs it directly (it must be executable): add interpreter = \"node\" if it is a \
-             Node script."
+            "PM2 runs a script whose extension it does not know with node, unless it is a binary;\n\
+             pm2rs runs it directly (it must be executable): add interpreter = \"node\" if it is\n\
+             a Node script."
                 .into(),
         );
     }

@@ -202,6 +202,12 @@ pub(crate) fn parse(source: &Source) -> Result<Node, ConfigErrors> {
         FileKind::Toml => parse_toml(&source.text),
     };
     parsed.map_err(|errors| {
+        if source.kind == FileKind::JavaScript {
+            // The evaluation script prints valid JSON: something else wrote to stdout too.
+            let message = "node printed something else than the configuration on stdout (does \
+                           the file write to file descriptor 1 itself?)";
+            return file_error(&source.name, message.into());
+        }
         let mut diag = Diag::default();
         for (offset, message) in errors {
             diag.error(&Loc::Span(offset..offset), "", message);

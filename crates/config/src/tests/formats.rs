@@ -194,6 +194,22 @@ fn a_config_that_throws_shows_nodes_message_and_the_file() {
     let text = errors.join("\n");
     assert!(text.contains("SyntaxError"), "{text}");
     assert!(text.contains("ecosystem.config.js:2"), "{text}");
+
+    // console.log is kept apart from the result; a write to fd 1 itself cannot be.
+    let logs = "console.log('loading');\nmodule.exports = { apps: [{ script: 'app.js' }] };\n";
+    assert_eq!(
+        fx.load_js("ecosystem.config.js", logs, &opts())
+            .unwrap()
+            .len(),
+        1
+    );
+    let raw = "require('fs').writeSync(1, 'hello\\n');\nmodule.exports = { apps: [] };\n";
+    assert_eq!(
+        fx.js_errors("ecosystem.config.js", raw, &opts()),
+        [
+            "ecosystem.config.js: node printed something else than the configuration on stdout (does the file write to file descriptor 1 itself?)"
+        ]
+    );
 }
 
 #[test]
@@ -477,7 +493,7 @@ fn convert_comments_out_what_pm2rs_does_not_support_and_what_means_otherwise() {
         "# NOT SUPPORTED YET by pm2rs, left out (PM2 would use it): max_memory_restart = \"200M\"\n",
         "# NOT SUPPORTED YET by pm2rs, left out (PM2 would use it): watch = [\"src\"]\n",
         "add exec_mode = \"cluster\" for PM2's behaviour.\n",
-        "add interpreter = \"node\" if it is a Node script.\n",
+        "add interpreter = \"node\" if it is\n# a Node script.\n",
     ] {
         assert!(toml.contains(expected), "missing {expected:?} in:\n{toml}");
     }
