@@ -79,26 +79,14 @@ pub(crate) fn evaluate(
     let pid = Pid::from_raw(child.id() as i32);
 
     let (tx, rx) = mpsc::channel();
-    let readers = [
-        (
-            Stream::Out,
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        ),
-        (
-            Stream::Err,
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        ),
-    ];
-    for (stream, pipe) in readers {
-        let Some(pipe) = pipe else { continue };
-        let tx = tx.clone();
-        std::thread::spawn(move || read_pipe(stream, pipe, &tx));
+    let mut open_pipes = 0;
+    if let Some(pipe) = child.stdout.take() {
+        spawn_reader(Stream::Out, pipe, &tx);
+        open_pipes += 1;
+    }
+    if let Some(pipe) = child.stderr.take() {
+        spawn_reader(Stream::Err, pipe, &tx);
+        open_pipes += 1;
     }
     let waiter = tx.clone();
     std::thread::spawn(move || {
@@ -110,7 +98,6 @@ pub(crate) fn evaluate(
 
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let mut open_pipes = 2;
     let mut exited = false;
     let mut timed_out = false;
     let mut deadline = Instant::now() + timeout;
@@ -169,25 +156,31 @@ enum Stream {
     Err,
 }
 
+/// What the two pipe readers and the exit waiter send to [`evaluate`], which holds the only
+/// receiver; once it has returned, a reader's send fails and the reader stops.
 enum Msg {
     Data(Stream, Vec<u8>),
     Eof,
     Exited,
 }
 
-fn read_pipe(stream: Stream, mut pipe: Box<dyn Read + Send>, tx: &mpsc::Sender<Msg>) {
-    let mut buf = vec![0; 64 << 10];
-    loop {
-        match pipe.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if tx.send(Msg::Data(stream, buf[..n].to_vec())).is_err() {
-                    return;
+/// Sends what `pipe` yields, then [`Msg::Eof`], from a thread of its own.
+fn spawn_reader(stream: Stream, mut pipe: impl Read + Send + 'static, tx: &mpsc::Sender<Msg>) {
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(Msg::Data(stream, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
                 }
             }
         }
-    }
-    let _ = tx.send(Msg::Eof);
+        let _ = tx.send(Msg::Eof);
+    });
 }
 
 fn keep(into: &mut Vec<u8>, bytes: &[u8]) {
