@@ -89,6 +89,11 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             write_out(&text.join("\n"))?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Convert { file } => {
+            let toml = pm2rs_config::convert_ecosystem(&file, &LoadOptions::default())?;
+            write_out(&toml)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Ping => {
             let mut c = Client::connect_or_start(&home).await?;
             let p: PingResponse = c.get(routes::PING).await?;
@@ -115,7 +120,8 @@ fn unreachable_daemon() -> anyhow::Result<ExitCode> {
 async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCode> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let path = std::path::Path::new(&args.what);
-    let apps = if pm2rs_config::is_ecosystem_path(path) {
+    let from_stdin = args.what == "-";
+    let apps = if from_stdin || pm2rs_config::is_ecosystem_path(path) {
         if args.name.is_some()
             || args.instances.is_some()
             || args.interpreter.is_some()
@@ -130,14 +136,24 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
             )
             .into());
         }
-        pm2rs_config::load_ecosystem(
-            path,
-            &LoadOptions {
-                env_profile: args.env_profile,
-                only: args.only,
-                cpus,
-            },
-        )?
+        let opts = LoadOptions {
+            env_profile: args.env_profile,
+            only: args.only,
+            cpus,
+            js_timeout: None,
+        };
+        if from_stdin {
+            if std::io::stdin().is_terminal() {
+                eprintln!("pm2rs: reading the ecosystem from standard input (end it with Ctrl-D)");
+            }
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut input)
+                .context("cannot read the ecosystem from standard input")?;
+            let cwd = std::env::current_dir().context("cannot read the current directory")?;
+            pm2rs_config::load_ecosystem_stdin(input, &cwd, &opts)?
+        } else {
+            pm2rs_config::load_ecosystem(path, &opts)?
+        }
     } else {
         if !args.only.is_empty() || args.env_profile.is_some() {
             return Err(UsageError(

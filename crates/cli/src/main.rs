@@ -28,7 +28,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Start apps from an ecosystem file (.toml, or PM2's .json), or one script.
+    /// Start apps from an ecosystem file (.toml, or PM2's .json, .yml, *.config.js), from
+    /// standard input (`-`), or one script.
     Start(StartArgs),
     /// Stop apps (target: name, id, namespace or `all`).
     Stop(TargetArgs),
@@ -75,6 +76,12 @@ pub enum Cmd {
     },
     /// Reopen every log file (after an external logrotate moved them); SIGUSR2 does the same.
     ReloadLogs,
+    /// Print the pm2rs TOML equivalent of an ecosystem file (PM2's *.config.js, .json, .yml),
+    /// with comments for what is left out or means something else.
+    Convert {
+        /// The ecosystem file.
+        file: std::path::PathBuf,
+    },
     /// Check that the daemon answers (starting it if needed).
     Ping,
     /// Stop every app, then the daemon.
@@ -89,7 +96,9 @@ pub enum Cmd {
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    /// An ecosystem file (.toml / .json) or a script or program to run.
+    /// An ecosystem file (.toml, .json, .yml/.yaml, *.config.js/.cjs/.mjs), `-` for an
+    /// ecosystem on standard input (TOML, or JSON when it starts with `{`), or a script or
+    /// program to run.
     pub what: String,
     /// App name (script mode; default: the script's file name without extension).
     #[arg(long)]

@@ -1,6 +1,7 @@
-//! Loading an ecosystem file: reading it, choosing the syntax by extension, parsing it into the
-//! located tree, finding the apps, validating each one ([`crate::app`]), and the checks that span
-//! the whole file: duplicate names, `--env <profile>` and `--only`.
+//! Loading an ecosystem: reading the file (or standard input), choosing the syntax by name,
+//! parsing it into the located tree (JavaScript is first evaluated to JSON by [`crate::js`]),
+//! finding the apps, validating each one ([`crate::app`]), and the checks that span the whole
+//! file: duplicate names, `--env <profile>` and `--only`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -10,38 +11,209 @@ use pm2rs_proto::AppSpec;
 
 use crate::app::{Ctx, check_app, join};
 use crate::error::{ConfigError, ConfigErrors, Diag, LineIndex, Loc};
-use crate::keys::{self, ENV_PROFILE_PREFIX, Field, Kind};
+use crate::js::{self, DEFAULT_JS_TIMEOUT, JsError};
+use crate::keys::{self, ENV_PROFILE_PREFIX, Field};
 use crate::resolve::normalize;
 use crate::tree::{Format, Node, Value, parse_toml};
-use crate::{LoadOptions, effective_cpus, json};
+use crate::{LoadOptions, effective_cpus, json, yaml};
 
 /// The syntax of an ecosystem file, from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileKind {
     Toml,
     Json,
-    /// PM2's `ecosystem.config.js`: recognised, not supported.
+    Yaml,
+    /// PM2's `ecosystem.config.js` (also `.cjs`, `.mjs`): evaluated with node.
     JavaScript,
 }
 
 impl FileKind {
-    /// `.json` → JSON, `*.config.js` (`.cjs`, `.mjs`) → JavaScript, `.toml` → TOML; `None`
+    /// By the end of the file name, case-insensitively: `.toml`, `.json`, `.yml`/`.yaml`, and
+    /// `.config.js`/`.config.cjs`/`.config.mjs` (so `server.js` stays a script); `None`
     /// otherwise.
     pub(crate) fn of(path: &Path) -> Option<FileKind> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
-        if name.ends_with(".toml") {
+        let ends = |suffixes: &[&str]| suffixes.iter().any(|s| name.ends_with(s));
+        if ends(&[".toml"]) {
             Some(FileKind::Toml)
-        } else if name.ends_with(".json") {
+        } else if ends(&[".json"]) {
             Some(FileKind::Json)
-        } else if [".config.js", ".config.cjs", ".config.mjs"]
-            .iter()
-            .any(|suffix| name.ends_with(suffix))
-        {
+        } else if ends(&[".yml", ".yaml"]) {
+            Some(FileKind::Yaml)
+        } else if ends(&[".config.js", ".config.cjs", ".config.mjs"]) {
             Some(FileKind::JavaScript)
         } else {
             None
         }
     }
+}
+
+/// An ecosystem's text, ready to be parsed, and where it came from.
+#[derive(Debug)]
+pub(crate) struct Source {
+    /// How errors name the input: the path as given, or `<stdin>`.
+    pub(crate) name: PathBuf,
+    pub(crate) kind: FileKind,
+    /// The text to parse: the file's, or for JavaScript the JSON that node printed.
+    pub(crate) text: String,
+    /// Absolute path of the file (`None` for standard input).
+    pub(crate) file: Option<PathBuf>,
+    /// The absolute directory relative paths refer to.
+    pub(crate) base_dir: PathBuf,
+    /// A JavaScript file's own text, where errors look for their key's line.
+    pub(crate) js_text: Option<String>,
+}
+
+impl Source {
+    pub(crate) fn format(&self) -> Format {
+        match self.kind {
+            FileKind::Toml => Format::Toml,
+            FileKind::Json | FileKind::JavaScript => Format::Json,
+            FileKind::Yaml => Format::Yaml,
+        }
+    }
+
+    /// Positions in the text, when they are positions in what the user wrote (not for the JSON
+    /// of a JavaScript file: errors there carry the key path alone).
+    pub(crate) fn lines(&self) -> Option<LineIndex<'_>> {
+        (self.kind != FileKind::JavaScript).then(|| LineIndex::new(&self.text))
+    }
+}
+
+fn file_error(name: &Path, message: String) -> ConfigErrors {
+    ConfigErrors::from(ConfigError {
+        file: Some(name.to_path_buf()),
+        line: None,
+        column: None,
+        key: None,
+        message,
+    })
+}
+
+/// Name of standard input in errors.
+pub(crate) const STDIN_NAME: &str = "<stdin>";
+
+/// Reads the file at `path` (TOML unless its name says otherwise; JavaScript is evaluated).
+pub(crate) fn read_file(
+    path: &Path,
+    opts: &LoadOptions,
+    path_var: Option<&OsStr>,
+) -> Result<Source, ConfigErrors> {
+    let kind = FileKind::of(path).unwrap_or(FileKind::Toml);
+    let file = std::path::absolute(path)
+        .map(|p| normalize(&p))
+        .map_err(|e| file_error(path, format!("cannot make the path absolute: {e}")))?;
+    let base_dir = file
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let bytes = std::fs::read(path)
+        .map_err(|e| file_error(path, format!("cannot read the ecosystem file: {e}")))?;
+    let (text, js_text) = if kind == FileKind::JavaScript {
+        let js_text = String::from_utf8_lossy(&bytes).into_owned();
+        let timeout = opts.js_timeout.unwrap_or(DEFAULT_JS_TIMEOUT);
+        let json =
+            js::evaluate(&file, path_var, timeout).map_err(|e| js_errors(path, e, &js_text))?;
+        (json, Some(js_text))
+    } else {
+        (decode(path, bytes)?, None)
+    };
+    Ok(Source {
+        name: path.to_path_buf(),
+        kind,
+        text,
+        file: Some(file),
+        base_dir,
+        js_text,
+    })
+}
+
+/// An ecosystem read from standard input: JSON when it starts with `{`, else TOML. Relative
+/// paths refer to `cwd`.
+pub(crate) fn read_stdin(bytes: Vec<u8>, cwd: &Path) -> Result<Source, ConfigErrors> {
+    let name = PathBuf::from(STDIN_NAME);
+    let text = decode(&name, bytes)?;
+    let kind = if text.trim_start().starts_with('{') {
+        FileKind::Json
+    } else {
+        FileKind::Toml
+    };
+    let base_dir = std::path::absolute(cwd)
+        .map(|p| normalize(&p))
+        .map_err(|e| file_error(&name, format!("cannot make the directory absolute: {e}")))?;
+    Ok(Source {
+        name,
+        kind,
+        text,
+        file: None,
+        base_dir,
+        js_text: None,
+    })
+}
+
+fn js_errors(name: &Path, error: JsError, js_text: &str) -> ConfigErrors {
+    match error {
+        JsError::Failed(message) => file_error(name, message),
+        JsError::Values(problems) => {
+            let mut errors = ConfigErrors {
+                errors: problems
+                    .into_iter()
+                    .map(|(key, message)| ConfigError {
+                        file: Some(name.to_path_buf()),
+                        line: None,
+                        column: None,
+                        key: (!key.is_empty()).then_some(key),
+                        message,
+                    })
+                    .collect(),
+            };
+            js::locate_keys(js_text, &mut errors);
+            errors
+        }
+    }
+}
+
+/// UTF-8 text without a byte-order mark, or an error at the first invalid byte.
+fn decode(name: &Path, bytes: Vec<u8>) -> Result<String, ConfigErrors> {
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => text,
+        }),
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
+            let (line, column) = LineIndex::new(&prefix).position(valid);
+            Err(ConfigErrors::from(ConfigError {
+                file: Some(name.to_path_buf()),
+                line: Some(line),
+                column: Some(column),
+                key: None,
+                message: "the file is not valid UTF-8 text".into(),
+            }))
+        }
+    }
+}
+
+/// The located tree of `source`, or its syntax errors.
+pub(crate) fn parse(source: &Source) -> Result<Node, ConfigErrors> {
+    let parsed = match source.kind {
+        FileKind::Json | FileKind::JavaScript => json::parse_json(&source.text),
+        FileKind::Yaml => yaml::parse_yaml(&source.text),
+        FileKind::Toml => parse_toml(&source.text),
+    };
+    parsed.map_err(|errors| {
+        if source.kind == FileKind::JavaScript {
+            // The evaluation script prints valid JSON: something else wrote to stdout too.
+            let message = "node printed something else than the configuration on stdout (does \
+                           the file write to file descriptor 1 itself?)";
+            return file_error(&source.name, message.into());
+        }
+        let mut diag = Diag::default();
+        for (offset, message) in errors {
+            diag.error(&Loc::Span(offset..offset), "", message);
+        }
+        diag.finish(Some(&source.name), source.lines().as_ref())
+    })
 }
 
 /// [`crate::load_ecosystem`] with the `PATH` used for program lookups given explicitly.
@@ -50,71 +222,25 @@ pub(crate) fn load_with(
     opts: &LoadOptions,
     path_var: Option<&OsStr>,
 ) -> Result<Vec<AppSpec>, ConfigErrors> {
-    let file_error = |message: String| {
-        ConfigErrors::from(ConfigError {
-            file: Some(path.to_path_buf()),
-            line: None,
-            column: None,
-            key: None,
-            message,
-        })
-    };
-    let kind = FileKind::of(path).unwrap_or(FileKind::Toml);
-    if kind == FileKind::JavaScript {
-        return Err(file_error(
-            "JavaScript ecosystem files are not supported by pm2rs; write the same apps as \
-             ecosystem.json (PM2's JSON format) or ecosystem.toml"
-                .into(),
-        ));
-    }
-    let bytes = std::fs::read(path)
-        .map_err(|e| file_error(format!("cannot read the ecosystem file: {e}")))?;
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => {
-            let valid = e.utf8_error().valid_up_to();
-            let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
-            let (line, column) = LineIndex::new(&prefix).position(valid);
-            return Err(ConfigErrors::from(ConfigError {
-                file: Some(path.to_path_buf()),
-                line: Some(line),
-                column: Some(column),
-                key: None,
-                message: "the file is not valid UTF-8 text".into(),
-            }));
-        }
-    };
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let lines = LineIndex::new(text);
+    let source = read_file(path, opts, path_var)?;
+    let root = parse(&source)?;
+    validate(&source, &root, opts, path_var, true)
+}
+
+/// Validates every app of the tree `root` of `source`. `check_files = false` checks no file
+/// on disk for any app (as `--only` does for the apps it leaves out).
+pub(crate) fn validate(
+    source: &Source,
+    root: &Node,
+    opts: &LoadOptions,
+    path_var: Option<&OsStr>,
+    check_files: bool,
+) -> Result<Vec<AppSpec>, ConfigErrors> {
+    let format = source.format();
+    let lines = source.lines();
     let mut diag = Diag::default();
 
-    let parsed = match kind {
-        FileKind::Json => json::parse_json(text),
-        FileKind::Toml | FileKind::JavaScript => parse_toml(text),
-    };
-    let root = match parsed {
-        Ok(root) => root,
-        Err(errors) => {
-            for (offset, message) in errors {
-                diag.error(&Loc::Span(offset..offset), "", message);
-            }
-            return Err(diag.finish(Some(path), Some(&lines)));
-        }
-    };
-    let format = if kind == FileKind::Json {
-        Format::Json
-    } else {
-        Format::Toml
-    };
-
-    let source = std::path::absolute(path)
-        .map(|p| normalize(&p))
-        .map_err(|e| file_error(format!("cannot make the path absolute: {e}")))?;
-    let base_dir = source
-        .parent()
-        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-
-    let apps = find_apps(&root, format, &mut diag);
+    let apps = find_apps(root, format, &mut diag);
     let (prefix, apps): (&str, &[Node]) = apps.unwrap_or(("apps", &[]));
 
     let cpus = effective_cpus(opts.cpus);
@@ -124,12 +250,12 @@ pub(crate) fn load_with(
             opts.only.is_empty() || raw_name(app).is_some_and(|name| opts.only.contains(&name));
         let ctx = Ctx {
             format,
-            base_dir: &base_dir,
+            base_dir: &source.base_dir,
             cpus,
             profile: opts.env_profile.as_deref(),
-            source: Some(&source),
+            source: source.file.as_deref(),
             path_var,
-            check_files: selected,
+            check_files: check_files && selected,
         };
         let app_path = format!("{prefix}[{i}]");
         if let Some(app) = check_app(app, &app_path, &ctx, &mut diag) {
@@ -138,13 +264,13 @@ pub(crate) fn load_with(
     }
 
     // Duplicate names: reported on the second occurrence.
-    let mut first_seen: HashMap<&str, &Loc> = HashMap::new();
+    let mut first_seen: HashMap<&str, (&Loc, &str)> = HashMap::new();
     for (app_path, app, _) in &checked {
         match first_seen.get(app.spec.name.as_str()) {
-            Some(first) => {
-                let where_first = match first {
-                    Loc::Span(span) => format!("line {}", lines.line(span.start)),
-                    Loc::Flag(_) | Loc::Nowhere => "earlier".to_string(),
+            Some((first, first_path)) => {
+                let where_first = match (first, &lines) {
+                    (Loc::Span(span), Some(lines)) => format!("line {}", lines.line(span.start)),
+                    _ => (*first_path).to_string(),
                 };
                 diag.error(
                     &app.name_loc,
@@ -156,7 +282,7 @@ pub(crate) fn load_with(
                 );
             }
             None => {
-                first_seen.insert(&app.spec.name, &app.name_loc);
+                first_seen.insert(&app.spec.name, (&app.name_loc, app_path));
             }
         }
     }
@@ -190,7 +316,11 @@ pub(crate) fn load_with(
     }
 
     if !diag.is_empty() {
-        return Err(diag.finish(Some(path), Some(&lines)));
+        let mut errors = diag.finish(Some(&source.name), lines.as_ref());
+        if let Some(js) = &source.js_text {
+            js::locate_keys(js, &mut errors);
+        }
+        return Err(errors);
     }
     Ok(checked
         .into_iter()
@@ -200,14 +330,14 @@ pub(crate) fn load_with(
 }
 
 /// The apps array and the key path prefix of its elements. TOML: the `apps` key (`[[apps]]`),
-/// the only top-level key. JSON: `{"apps": [...]}` or a bare array of apps.
+/// the only top-level key. JSON (and JavaScript) and YAML: `{"apps": [...]}` or a bare array of apps.
 fn find_apps<'n>(
     root: &'n Node,
     format: Format,
     diag: &mut Diag,
 ) -> Option<(&'static str, &'n [Node])> {
     let entries = match &root.value {
-        Value::Array(apps) if format == Format::Json => {
+        Value::Array(apps) if matches!(format, Format::Json | Format::Yaml) => {
             return non_empty_apps(root, apps, "", diag).map(|apps| ("", apps));
         }
         Value::Table(entries) => entries,
@@ -228,7 +358,7 @@ fn find_apps<'n>(
         let key = entry.key.as_str();
         if key == "apps" {
             apps = Some(entry);
-        } else if key == "deploy" && format == Format::Json {
+        } else if key == "deploy" && matches!(format, Format::Json | Format::Yaml) {
             diag.error(
                 &entry.key_loc,
                 key,
@@ -237,6 +367,7 @@ fn find_apps<'n>(
         } else if keys::lookup(key).is_some() || key.starts_with(ENV_PROFILE_PREFIX) {
             let hint = match format {
                 Format::Json => "app settings go inside an object of the `apps` array",
+                Format::Yaml => "app settings go inside an entry of the `apps` list",
                 Format::Toml | Format::Cli => "app settings go inside an `[[apps]]` table",
             };
             diag.error(
@@ -258,6 +389,7 @@ fn find_apps<'n>(
     let Some(apps) = apps else {
         let message = match format {
             Format::Json => "no `apps` array: add `\"apps\": [{\"script\": \"...\"}]`",
+            Format::Yaml => "no `apps` list: add `apps:` with an entry `- script: ...`",
             Format::Toml | Format::Cli => "no apps: add an `[[apps]]` table with a `script`",
         };
         diag.error(&Loc::Nowhere, "", message);
@@ -268,6 +400,7 @@ fn find_apps<'n>(
         other => {
             let expected = match format {
                 Format::Json => "an array of apps",
+                Format::Yaml => "a list of apps",
                 Format::Toml | Format::Cli => "an array of apps (`[[apps]]` tables)",
             };
             diag.error(
@@ -305,14 +438,7 @@ fn raw_name(app: &Node) -> Option<String> {
     let Value::Table(entries) = &app.value else {
         return None;
     };
-    let string_of = |field: Field| {
-        entries
-            .iter()
-            .find_map(|e| match (&e.node.value, keys::lookup(&e.key)) {
-                (Value::Str(s), Some(Kind::Field(f))) if f == field => Some(s.as_str()),
-                _ => None,
-            })
-    };
+    let string_of = |field: Field| keys::string_field(entries, field);
     if let Some(name) = string_of(Field::Name) {
         return Some(name.to_string());
     }

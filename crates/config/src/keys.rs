@@ -2,7 +2,7 @@
 //! PM2 but does not implement yet (and which values of those are harmless no-ops), and the
 //! "did you mean" suggestion for everything else.
 
-use crate::tree::Value;
+use crate::tree::{Entry, Value};
 
 /// A key pm2rs implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -212,6 +212,16 @@ pub(crate) fn suggest<'a>(
         .filter(|(score, _)| *score >= 0.85)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
+}
+
+/// The string value of the first of `entries` whose key names `field` (an alias counts).
+pub(crate) fn string_field(entries: &[Entry], field: Field) -> Option<&str> {
+    entries
+        .iter()
+        .find_map(|e| match (&e.node.value, lookup(&e.key)) {
+            (Value::Str(s), Some(Kind::Field(f))) if f == field => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 /// Suggestion among the app keys of [`KEYS`].

@@ -1,18 +1,26 @@
-//! Ecosystem files (TOML, or PM2's JSON) and `pm2rs start <script>` options, parsed and validated
-//! into fully resolved [`AppSpec`]s.
+//! Ecosystem files (TOML, or PM2's JSON, YAML and JavaScript) and `pm2rs start <script>` options,
+//! parsed and validated into fully resolved [`AppSpec`]s; and [`convert_ecosystem`], which
+//! rewrites a PM2 file as pm2rs TOML.
 //!
 //! Every problem is reported at once, each with the file, 1-based line:column, the key path (such
 //! as `apps[1].instances`) and a message: see [`ConfigErrors`]. Nothing here panics on user input.
+//! (A JavaScript file is evaluated to JSON first, so its errors carry the key path but no line.)
 //! The keys, their defaults and the PM2 compatibility rules are documented in
 //! `docs/configuration.md`.
 //!
 //! # Layout
-//! - `lib.rs`: the public API ([`load_ecosystem`], [`app_from_script`], [`is_ecosystem_path`] and
-//!   their options) and re-exports.
+//! - `lib.rs`: the public API ([`load_ecosystem`], [`load_ecosystem_stdin`],
+//!   [`convert_ecosystem`], [`app_from_script`], [`is_ecosystem_path`] and their options) and
+//!   re-exports.
 //! - `error`: [`ConfigError`], [`ConfigErrors`], the error collector and byte offset → line:column.
 //! - `tree`: the located value tree every input becomes (TOML is converted here).
 //! - `json`: PM2 JSON → located tree, with spans for every key and value.
-//! - `ecosystem`: one file: syntax, the `apps` array, duplicate names, `--env`, `--only`.
+//! - `yaml`: PM2 YAML → located tree (saphyr-parser's events), with spans likewise.
+//! - `js`: PM2 JavaScript → JSON, by the machine's `node` in a child process with a deadline
+//!   (`js_eval.mjs` is the script it runs).
+//! - `ecosystem`: one input (a file or standard input): reading, syntax by name, the `apps`
+//!   array, duplicate names, `--env`, `--only`.
+//! - `convert`: the located tree of any input → pm2rs TOML with comments.
 //! - `script`: command-line options → located tree, validated like a file's app.
 //! - `app`: one app: key sorting, typed reading into a draft (the validated intermediate),
 //!   defaults, path resolution.
@@ -31,9 +39,11 @@
 //! app's cwd). [`AppSpec::script`] is always absolute.
 
 mod app;
+mod convert;
 mod datefmt;
 mod ecosystem;
 mod error;
+mod js;
 mod json;
 mod keys;
 mod names;
@@ -42,13 +52,16 @@ mod script;
 mod shell;
 mod tree;
 mod units;
+mod yaml;
 
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use js::DEFAULT_JS_TIMEOUT;
 pub use names::MAX_NAME_LEN;
 pub use pm2rs_proto::{AppSpec, LogDefaults};
 pub use units::{
@@ -67,6 +80,8 @@ pub struct LoadOptions {
     pub only: Vec<String>,
     /// CPU count for `instances = "max"` and negative counts (0 = ask the system).
     pub cpus: u32,
+    /// How long `node` may take to evaluate a JavaScript file (`None`: [`DEFAULT_JS_TIMEOUT`]).
+    pub js_timeout: Option<Duration>,
 }
 
 /// `pm2rs start <script>` options.
@@ -93,10 +108,41 @@ pub struct ScriptOptions {
     pub cpus: u32,
 }
 
-/// Loads and validates the ecosystem file at `path` (TOML, or PM2 JSON when the name ends in
-/// `.json`). Returns the apps in file order, or every problem found.
+/// Loads and validates the ecosystem file at `path`: TOML, or by its name PM2 JSON (`.json`),
+/// YAML (`.yml`, `.yaml`) or JavaScript (`*.config.js`, `.config.cjs`, `.config.mjs`, evaluated
+/// with the `node` found in `PATH`). Returns the apps in file order, or every problem found.
 pub fn load_ecosystem(path: &Path, opts: &LoadOptions) -> Result<Vec<AppSpec>, ConfigErrors> {
     ecosystem::load_with(path, opts, std::env::var_os("PATH").as_deref())
+}
+
+/// Loads and validates an ecosystem read from standard input (`pm2rs start -`): PM2 JSON when
+/// its first non-blank character is `{`, else TOML. Relative paths refer to `cwd`; errors name
+/// the input `<stdin>`.
+pub fn load_ecosystem_stdin(
+    input: Vec<u8>,
+    cwd: &Path,
+    opts: &LoadOptions,
+) -> Result<Vec<AppSpec>, ConfigErrors> {
+    stdin_with(input, cwd, opts, std::env::var_os("PATH").as_deref())
+}
+
+fn stdin_with(
+    input: Vec<u8>,
+    cwd: &Path,
+    opts: &LoadOptions,
+    path_var: Option<&std::ffi::OsStr>,
+) -> Result<Vec<AppSpec>, ConfigErrors> {
+    let source = ecosystem::read_stdin(input, cwd)?;
+    let root = ecosystem::parse(&source)?;
+    ecosystem::validate(&source, &root, opts, path_var, true)
+}
+
+/// The pm2rs TOML equivalent of the ecosystem file at `path` (any format [`load_ecosystem`]
+/// reads), with `#` comments for what was left out or means something else than in PM2. The
+/// apps are validated as [`load_ecosystem`] does, except for files on disk; the result loads
+/// as the same apps when saved next to the original.
+pub fn convert_ecosystem(path: &Path, opts: &LoadOptions) -> Result<String, ConfigErrors> {
+    convert::convert_file(path, opts, std::env::var_os("PATH").as_deref())
 }
 
 /// Builds and validates the app of `pm2rs start <script> [options] [-- args]`. Errors have no file
@@ -105,9 +151,9 @@ pub fn app_from_script(script: &str, opts: &ScriptOptions) -> Result<AppSpec, Co
     script::app_from_script_with(script, opts, std::env::var_os("PATH").as_deref())
 }
 
-/// Whether `p` names an ecosystem file rather than a script: `*.toml`, `*.json` (PM2 style, e.g.
-/// `ecosystem.json`, `app.config.json`), or PM2's JavaScript `*.config.js` / `.cjs` / `.mjs` (which
-/// [`load_ecosystem`] refuses with an explanation instead of running the file as a script).
+/// Whether `p` names an ecosystem file rather than a script, by the end of its name:
+/// `.toml`, `.json` (PM2 style, e.g. `ecosystem.json`, `app.config.json`), `.yml`/`.yaml`, or
+/// PM2's JavaScript `.config.js` / `.config.cjs` / `.config.mjs` (`server.js` is a script).
 pub fn is_ecosystem_path(p: &Path) -> bool {
     ecosystem::FileKind::of(p).is_some()
 }

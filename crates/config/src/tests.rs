@@ -1,5 +1,10 @@
 //! End-to-end tests of the public API on real files in temporary directories. `PATH` is never
-//! taken from the test process: each test passes its own, pointing at fake programs it created.
+//! taken from the test process: each test passes its own, pointing at fake programs it created
+//! (the tests of JavaScript files add the directory of the machine's real `node`).
+//!
+//! `formats`: JavaScript, YAML, standard input and `convert`.
+
+mod formats;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -11,7 +16,7 @@ use tempfile::TempDir;
 
 use crate::ecosystem::load_with;
 use crate::script::app_from_script_with;
-use crate::{ConfigErrors, LoadOptions, ScriptOptions, is_ecosystem_path};
+use crate::{ConfigErrors, LoadOptions, ScriptOptions};
 
 /// A temporary project directory with a `bin/` of fake programs (`node`, `python3`, `mytool`)
 /// that is the only entry of the test's `PATH`.
@@ -993,21 +998,6 @@ script = "not-built-yet.js"
         fx.errors_with("ecosystem.toml", text, &unknown),
         ["ecosystem.toml: --only: no app named `zz` in this file (its apps: a, b, c)"]
     );
-}
-
-#[test]
-fn javascript_ecosystems_are_recognised_and_refused() {
-    let fx = Fixture::new();
-    assert!(is_ecosystem_path(Path::new("ecosystem.config.js")));
-    assert!(is_ecosystem_path(Path::new("ecosystem.toml")));
-    assert!(is_ecosystem_path(Path::new("ecosystem.json")));
-    assert!(is_ecosystem_path(Path::new("dir/app.config.JSON")));
-    assert!(!is_ecosystem_path(Path::new("app.js")));
-    assert!(!is_ecosystem_path(Path::new("server.py")));
-    assert!(!is_ecosystem_path(Path::new("toml")));
-    let errors = fx.errors_with("ecosystem.config.js", "module.exports = {}", &opts());
-    assert_eq!(errors.len(), 1);
-    assert!(errors[0].contains("JavaScript ecosystem files are not supported"));
 }
 
 #[test]

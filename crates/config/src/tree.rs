@@ -1,6 +1,7 @@
-//! The located value tree that both file formats (and the command line) are turned into before
-//! validation, so that one validator serves TOML, PM2 JSON and `pm2rs start <script>` alike.
-//! Owns the TOML → tree conversion; JSON has its own module ([`crate::json`]).
+//! The located value tree that every file format (and the command line) is turned into before
+//! validation, so that one validator serves TOML, PM2 JSON / YAML / JavaScript and
+//! `pm2rs start <script>` alike. Owns the TOML → tree conversion; JSON and YAML have their own
+//! modules ([`crate::json`], [`crate::yaml`]); JavaScript becomes JSON ([`crate::js`]).
 
 use std::ops::Range;
 
@@ -13,7 +14,9 @@ use crate::error::Loc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
     Toml,
+    /// PM2 JSON, and JavaScript ecosystems (evaluated to JSON).
     Json,
+    Yaml,
     Cli,
 }
 
@@ -58,9 +61,13 @@ impl Value {
             Value::Bool(_) => "a boolean",
             Value::Null => "null",
             Value::Datetime => "a date-time",
-            Value::Array(_) => "an array",
+            Value::Array(_) => match format {
+                Format::Yaml => "a list",
+                Format::Toml | Format::Json | Format::Cli => "an array",
+            },
             Value::Table(_) => match format {
                 Format::Json => "an object",
+                Format::Yaml => "a mapping",
                 Format::Toml | Format::Cli => "a table",
             },
         }

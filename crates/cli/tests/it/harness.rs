@@ -1,7 +1,7 @@
 //! The test environment: a temp home and work directory, a CLI runner with a timeout, polling with a
 //! deadline, and a drop guard that leaves no process behind.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -67,13 +67,28 @@ impl Pm2rs {
 
     /// Runs the CLI and returns its exit code and output; fails the test if it hangs.
     pub fn run(&self, args: &[&str]) -> Run {
-        let child = self
+        self.run_with_input(args, None)
+    }
+
+    /// [`Pm2rs::run`] with `input` on the CLI's standard input (`None`: /dev/null).
+    pub fn run_with_input(&self, args: &[&str], input: Option<&str>) -> Run {
+        let mut child = self
             .command(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn pm2rs");
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            // Dropping `stdin` at the end of this block closes it: the CLI sees end of file.
+            stdin
+                .write_all(input.as_bytes())
+                .expect("write the CLI's stdin");
+        }
         let out = wait_with_timeout(child, CLI_TIMEOUT).unwrap_or_else(|| {
             panic!(
                 "`pm2rs {}` did not finish within {CLI_TIMEOUT:?}",
