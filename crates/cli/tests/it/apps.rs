@@ -402,6 +402,21 @@ autorestart = false
 }
 
 #[test]
+fn ids_start_from_zero_again_after_delete_all() {
+    let t = Pm2rs::new();
+    t.script("s.sh", "exec sleep 1000");
+    t.ok(&["start", "s.sh", "--name", "first", "-i", "2"]);
+    t.wait_online("first", 2);
+    t.ok(&["delete", "all"]);
+    t.ok(&["start", "s.sh", "--name", "second"]);
+    let p = &t.wait_online("second", 1)[0];
+    assert_eq!(
+        p.id, 0,
+        "ids start over once no app is left, as in PM2: {p:#?}"
+    );
+}
+
+#[test]
 fn a_restart_delay_shows_waiting_restart_then_comes_back() {
     let t = Pm2rs::new();
     t.script(
@@ -418,9 +433,11 @@ restart_delay = "1500ms"
 "#,
     );
     t.ok(&["start", "eco.toml"]);
-    t.wait_for("waiting restart", DEADLINE, |ps| {
+    let waiting = t.wait_for("waiting restart", DEADLINE, |ps| {
         ps[0].status == Status::WaitingRestart
     });
+    // PM2 counts a restart when the new process starts, not while it waits.
+    assert_eq!(waiting[0].restarts, 0, "{waiting:#?}");
     let table = t.ok(&["list"]);
     assert!(table.contains("waiting restart"), "{table}");
     let p = &t.wait_online("flaky", 1)[0];

@@ -144,10 +144,8 @@ impl Supervisor {
         match decision {
             Decision::Restart { delay } => {
                 transition(p, Event::ExitedRestart);
-                p.restarts += 1;
                 if delay.is_zero() {
-                    transition(p, Event::DelayElapsed);
-                    self.spawn_instance(id);
+                    self.restart_now(id);
                 } else {
                     self.timers.set_in(id, TimerKind::RestartDelay, delay);
                 }
@@ -162,6 +160,18 @@ impl Supervisor {
                 transition(p, Event::ExitedErrored);
                 self.cluster.release(&p.app, p.slot);
             }
+        }
+    }
+
+    /// The restart delay of instance `id` is over (or there was none): it is spawned again, and
+    /// that is when its ↺ counter goes up (as PM2 counts: not while it waits).
+    pub(super) fn restart_now(&mut self, id: u32) {
+        let Some(p) = self.instances.get_mut(&id) else {
+            return;
+        };
+        if transition(p, Event::DelayElapsed) {
+            p.restarts += 1;
+            self.spawn_instance(id);
         }
     }
 

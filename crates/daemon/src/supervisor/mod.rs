@@ -347,6 +347,11 @@ impl Supervisor {
     fn settle(&mut self) {
         self.run_pending();
         self.advance_reloads();
+        // With no app left, ids start from 0 again, as in PM2 (scripts and log names such as
+        // `api-out-0.log` rely on it). Only when nothing waits on an old id.
+        if self.instances.is_empty() && self.pending.is_empty() && self.reloads.is_empty() {
+            self.next_id = 0;
+        }
         if self.dirty {
             self.publish();
         }

@@ -272,10 +272,33 @@ async fn a_crash_restarts_after_restart_delay_and_not_before() {
     tokio::time::sleep_until(t0 + ms(2999)).await;
     assert_eq!(rig.status(0), Status::WaitingRestart);
     assert_eq!(rig.os.spawn_times("crashy").len(), 1);
+    // Counted when the new process starts, as PM2 counts, not while it waits.
+    assert_eq!(rig.info(0).restarts, 0);
     rig.until_status(0, Status::Online).await;
     let spawns = rig.os.spawn_times("crashy");
     assert_eq!(spawns.len(), 2);
     assert_eq!(spawns[1] - t0, ms(3000));
+    assert_eq!(rig.info(0).restarts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ids_start_from_zero_again_once_no_app_is_left() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("first");
+    spec.instances = 3;
+    rig.start(spec).await;
+    rig.ask(|reply| Command::Delete {
+        target: "first".into(),
+        reply,
+    })
+    .await
+    .expect("delete");
+    let reply = rig.start(rig.spec("second")).await;
+    assert_eq!(reply.processes[0].id, 0, "{reply:?}");
+    // While an app is left, ids go on from where they were.
+    let reply = rig.start(rig.spec("third")).await;
+    assert_eq!(reply.processes[0].id, 1, "{reply:?}");
+    rig.until_status(1, Status::Online).await;
 }
 
 #[tokio::test(start_paused = true)]

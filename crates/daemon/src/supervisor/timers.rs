@@ -171,11 +171,7 @@ impl Supervisor {
         };
         self.dirty = true;
         match kind {
-            TimerKind::RestartDelay => {
-                if transition(p, Event::DelayElapsed) {
-                    self.spawn_instance(id);
-                }
-            }
+            TimerKind::RestartDelay => self.restart_now(id),
             TimerKind::KillTimeout => {
                 if let Some(run) = p.run {
                     warn!(id, app = %p.app, "kill_timeout elapsed; sending SIGKILL to the group");

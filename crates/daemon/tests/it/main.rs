@@ -6,7 +6,8 @@
 //! - `serve`: one app's life through `serve` (ping, start, list, kill), with a small hyper client
 //!   and a guard that kills every process the test saw.
 //!
-//! The supervisor reaps with `waitpid(-1)`: a second `serve` in this process, or a test here that
-//! waits on children of its own, would have exit statuses stolen. Keep one such test per binary.
+//! The supervisor reaps each instance by its own pid (a pidfd), and sweeps orphans only in a
+//! child subreaper, which a test binary is not: more `serve`s, or tests that wait on children of
+//! their own, can share this binary without stealing each other's exit statuses.
 
 mod serve;
