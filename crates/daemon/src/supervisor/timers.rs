@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{Event, Supervisor, transition};
+use super::Supervisor;
 
 /// What an instance's timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
