@@ -27,8 +27,12 @@ pub trait Host {
     fn stop(&mut self, id: u32);
     /// Whether `id` has stopped (or is gone).
     fn settled(&self, id: u32) -> bool;
-    /// `old` has stopped: forget it, `new` takes its place (and its id).
-    fn finish(&mut self, old: u32, new: u32);
+    /// Whether `id` is running (launching or online): not stopping, not settled.
+    fn running(&self, id: u32) -> bool;
+    /// `old` has stopped: forget it, `new` takes its place (and its id). False when `old` is
+    /// gone (deleted meanwhile, say by a scale-down): then `new` has no place to take and the
+    /// job stops and discards it.
+    fn finish(&mut self, old: u32, new: u32) -> bool;
     /// `new` failed and has stopped: forget it.
     fn discard(&mut self, new: u32);
 }
@@ -99,6 +103,10 @@ impl Reload {
                             progressed = true;
                         }
                     },
+                    // Asked to stop, but started again by another command meanwhile (a
+                    // `restart` of the same app): ask again, or this reload would wait forever.
+                    Phase::Stopping if host.running(swap.old) => host.stop(swap.old),
+                    Phase::Aborting if host.running(swap.new) => host.stop(swap.new),
                     Phase::Stopping | Phase::Aborting => {}
                 }
             }
@@ -117,9 +125,15 @@ impl Reload {
                 let swap = &self.active[i];
                 match swap.phase {
                     Phase::Stopping if host.settled(swap.old) => {
-                        host.finish(swap.old, swap.new);
-                        self.replaced.push(swap.old);
-                        self.active.swap_remove(i);
+                        let (old, new) = (swap.old, swap.new);
+                        if host.finish(old, new) {
+                            self.replaced.push(old);
+                            self.active.swap_remove(i);
+                        } else {
+                            host.stop(new);
+                            self.active[i].phase = Phase::Aborting;
+                            i += 1;
+                        }
                         progressed = true;
                     }
                     Phase::Aborting if host.settled(swap.new) => {
@@ -163,6 +177,8 @@ mod tests {
         next: u32,
         /// id → (ready/failed/waiting, stopping, settled)
         states: BTreeMap<u32, (NewState, bool)>,
+        /// Instances started again by someone else after the job asked them to stop.
+        running: Vec<u32>,
         log: Vec<String>,
     }
 
@@ -183,8 +199,12 @@ mod tests {
         fn settled(&self, id: u32) -> bool {
             self.states.get(&id).is_none_or(|s| s.1)
         }
-        fn finish(&mut self, old: u32, new: u32) {
+        fn running(&self, id: u32) -> bool {
+            self.running.contains(&id)
+        }
+        fn finish(&mut self, old: u32, new: u32) -> bool {
             self.log.push(format!("finish {old}<-{new}"));
+            true
         }
         fn discard(&mut self, new: u32) {
             self.log.push(format!("discard {new}"));
@@ -236,5 +256,24 @@ mod tests {
         );
         assert_eq!(job.failure.as_deref(), Some("not ready"));
         assert!(job.replaced.is_empty());
+    }
+
+    #[test]
+    fn an_old_instance_started_again_meanwhile_is_asked_to_stop_again() {
+        let mut host = Fake::default();
+        host.states.insert(1, (NewState::Ready, false));
+        let mut job = Reload::new(vec![1], 1);
+        job.advance(&mut host);
+        host.states.insert(101, (NewState::Ready, false));
+        job.advance(&mut host);
+        assert_eq!(host.log, ["start 101 for 1", "stop 1"]);
+        // A `restart` of the app started the old instance again before it had stopped.
+        host.running.push(1);
+        assert!(!job.advance(&mut host));
+        assert_eq!(host.log[2..], ["stop 1"]);
+        host.running.clear();
+        host.states.insert(1, (NewState::Ready, true));
+        assert!(job.advance(&mut host));
+        assert_eq!(host.log[3..], ["finish 1<-101"]);
     }
 }

@@ -248,25 +248,48 @@ impl reload::Host for Supervisor {
         self.instances.get(&id).is_none_or(Instance::settled)
     }
 
-    fn finish(&mut self, old: u32, new: u32) {
-        let Some(gone) = self.instances.remove(&old) else {
-            return;
+    fn running(&self, id: u32) -> bool {
+        self.instances
+            .get(&id)
+            .is_some_and(|p| matches!(p.status, Status::Launching | Status::Online))
+    }
+
+    fn finish(&mut self, old: u32, new: u32) -> bool {
+        if !self.instances.contains_key(&old) {
+            // Deleted meanwhile (a scale-down, a changed spec): no place to take.
+            return false;
+        }
+        let Some(mut p) = self.instances.remove(&new) else {
+            return true;
         };
+        let Some(gone) = self.instances.remove(&old) else {
+            return true;
+        };
+        p.replaces = None;
+        self.dirty = true;
         self.timers.cancel_all(old);
         self.draining.remove(&old);
-        let Some(mut p) = self.instances.remove(&new) else {
-            return;
-        };
+        // The new instance takes the old one's id, as PM2's reload keeps ids, and with it
+        // everything that names it: its timers, a stop it is in, commands waiting for it.
         self.timers.rename(new, old);
-        // The new instance takes the old one's id, as PM2's reload keeps ids.
+        if self.draining.remove(&new) {
+            self.draining.insert(old);
+        }
+        for pending in &mut self.pending {
+            for id in pending.ids.iter_mut().filter(|id| **id == new) {
+                *id = old;
+            }
+            if pending.waiting.remove(&new) {
+                pending.waiting.insert(old);
+            }
+        }
         p.id = old;
-        p.replaces = None;
         p.restarts = gone.restarts + 1;
         if let Some(run) = p.run {
             self.by_pid.insert(run.tracked.pid, old);
         }
         self.instances.insert(old, p);
-        self.dirty = true;
+        true
     }
 
     fn discard(&mut self, new: u32) {

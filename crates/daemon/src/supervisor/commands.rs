@@ -36,10 +36,7 @@ impl Supervisor {
             Command::Kill { reply } => {
                 let ids: Vec<u32> = self.instances.keys().copied().collect();
                 self.stop_ids(&ids);
-                self.pending.push(Pending {
-                    ids,
-                    then: Then::Kill(reply),
-                });
+                self.pending.push(Pending::new(ids, Then::Kill(reply)));
             }
         }
     }
@@ -53,10 +50,7 @@ impl Supervisor {
         match self.resolve(target) {
             Ok(ids) => {
                 self.stop_ids(&ids);
-                self.pending.push(Pending {
-                    ids,
-                    then: then(reply),
-                });
+                self.pending.push(Pending::new(ids, then(reply)));
             }
             Err(e) => self.outbox.reply(reply, Err(e)),
         }
@@ -87,7 +81,7 @@ impl Supervisor {
                 }
                 Some(app) if *app.spec == spec => {
                     let ids: Vec<u32> = self
-                        .ids_of(&spec.name)
+                        .counted_ids_of(&spec.name)
                         .filter(|id| self.instances[id].settled())
                         .collect();
                     if ids.is_empty() {
@@ -112,15 +106,15 @@ impl Supervisor {
             return;
         }
         self.stop_ids(&to_stop);
-        self.pending.push(Pending {
-            ids: to_stop,
-            then: Then::Apply {
+        self.pending.push(Pending::new(
+            to_stop,
+            Then::Apply {
                 specs: changed,
                 response,
                 names,
                 reply,
             },
-        });
+        ));
     }
 
     fn scale(&mut self, request: ScaleRequest, reply: Reply<ActionResponse>) {
@@ -132,7 +126,7 @@ impl Supervisor {
             self.outbox.reply(reply, Err(error));
             return;
         };
-        let mut ids: Vec<u32> = self.ids_of(&request.name).collect();
+        let mut ids: Vec<u32> = self.counted_ids_of(&request.name).collect();
         ids.sort_by_key(|id| self.instances[id].slot);
         let current = ids.len() as i64;
         let wanted = match request.to {
@@ -172,10 +166,7 @@ impl Supervisor {
         } else {
             let remove = ids.split_off(wanted as usize);
             self.stop_ids(&remove);
-            self.pending.push(Pending {
-                ids: remove,
-                then: Then::Delete(reply),
-            });
+            self.pending.push(Pending::new(remove, Then::Delete(reply)));
         }
     }
 
@@ -200,7 +191,7 @@ impl Supervisor {
     /// Creates a stopped instance of `app` in the lowest free slot.
     pub(super) fn add_instance(&mut self, app: &str) -> u32 {
         let used: Vec<u32> = self
-            .ids_of(app)
+            .counted_ids_of(app)
             .map(|id| self.instances[&id].slot)
             .collect();
         let slot = (0..).find(|i| !used.contains(i)).unwrap_or(0);
@@ -231,6 +222,16 @@ impl Supervisor {
         id
     }
 
+    /// The instances of `app` that count as its instances: not a reload's replacement, which
+    /// belongs to the reload until it takes the old instance's place (or is discarded).
+    pub(super) fn counted_ids_of<'a>(&'a self, app: &'a str) -> impl Iterator<Item = u32> + 'a {
+        self.instances
+            .values()
+            .filter(move |p| p.app == app && p.replaces.is_none())
+            .map(|p| p.id)
+    }
+
+    /// Every instance of `app`, replacements included (what a stop must reach).
     pub(super) fn ids_of<'a>(&'a self, app: &'a str) -> impl Iterator<Item = u32> + 'a {
         self.instances
             .values()
@@ -282,24 +283,26 @@ impl Supervisor {
         }
     }
 
-    /// Runs every pending continuation whose instances have all settled.
+    /// Runs every pending continuation whose instances have all settled. First every
+    /// continuation notes which of its instances are settled now, then the complete ones run (one
+    /// may start an instance again that another was waiting for: that one has seen it settle).
     pub(super) fn run_pending(&mut self) {
-        let mut i = 0;
-        while i < self.pending.len() {
-            let done = self.pending[i]
-                .ids
-                .iter()
-                .all(|id| self.instances.get(id).is_none_or(Instance::settled));
-            if done {
-                let pending = self.pending.swap_remove(i);
-                self.complete(pending);
-            } else {
-                i += 1;
-            }
+        let instances = &self.instances;
+        for pending in &mut self.pending {
+            pending
+                .waiting
+                .retain(|id| instances.get(id).is_some_and(|p| !p.settled()));
+        }
+        let (done, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.waiting.is_empty());
+        self.pending = waiting;
+        for pending in done {
+            self.complete(pending);
         }
     }
 
-    fn complete(&mut self, Pending { ids, then }: Pending) {
+    fn complete(&mut self, Pending { ids, then, .. }: Pending) {
         self.dirty = true;
         match then {
             Then::Reply(reply) => {
@@ -351,7 +354,7 @@ impl Supervisor {
         };
         app.policy = RestartPolicy::from(&spec);
         app.spec = Arc::new(spec);
-        let mut ids: Vec<u32> = self.ids_of(&name).collect();
+        let mut ids: Vec<u32> = self.counted_ids_of(&name).collect();
         ids.sort_by_key(|id| self.instances[id].slot);
         if ids.len() > wanted {
             let extra = ids.split_off(wanted);
@@ -394,7 +397,7 @@ impl Supervisor {
             }
         }
         for name in apps {
-            let left = self.ids_of(&name).count() as u32;
+            let left = self.counted_ids_of(&name).count() as u32;
             if left == 0 {
                 self.cluster.close(&name);
                 self.apps.remove(&name);

@@ -212,9 +212,24 @@ enum Then {
     Kill(Reply<ActionResponse>),
 }
 
+/// A command waiting for its instances to settle. Each instance counts once it has settled
+/// (or is gone), even if something started it again meanwhile, so two continuations on the same
+/// instance cannot starve each other.
 struct Pending {
     ids: Vec<u32>,
+    /// The ids that have not settled yet since the command was given.
+    waiting: BTreeSet<u32>,
     then: Then,
+}
+
+impl Pending {
+    fn new(ids: Vec<u32>, then: Then) -> Pending {
+        Pending {
+            waiting: ids.iter().copied().collect(),
+            ids,
+            then,
+        }
+    }
 }
 
 /// How a user-requested start counts in the instance's ↺ counter.
