@@ -91,8 +91,9 @@ struct Reaper {
     /// and only then does it sweep (a test binary, which is not one, never reaps another test's
     /// children).
     subreaper: bool,
-    /// Orphans reaped so far (for tests and the daemon log).
+    /// Orphans reaped so far, and sweeps made (for tests).
     orphans_reaped: AtomicU64,
+    sweeps: AtomicU64,
 }
 
 #[derive(Default)]
@@ -138,6 +139,7 @@ impl RealOs {
             own_pgid: nix::unistd::getpgrp(),
             subreaper: nix::sys::prctl::get_child_subreaper().unwrap_or(false),
             orphans_reaped: AtomicU64::new(0),
+            sweeps: AtomicU64::new(0),
         });
         let task_reaper = reaper.clone();
         let task_exits = exits.clone();
@@ -170,6 +172,11 @@ impl RealOs {
     /// Orphans reaped so far.
     pub fn orphans_reaped(&self) -> u64 {
         self.reaper.orphans_reaped.load(Ordering::Relaxed)
+    }
+
+    /// Orphan sweeps made so far (each SIGCHLD, and each retry, makes one).
+    pub fn sweeps(&self) -> u64 {
+        self.reaper.sweeps.load(Ordering::Relaxed)
     }
 
     /// Starts watching `tracked` with the set already locked. `child`: whether it is our child
@@ -274,6 +281,7 @@ impl Reaper {
             return true;
         }
         let watched = lock(&self.watched);
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
         loop {
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
             match waitid(Id::All, flags) {

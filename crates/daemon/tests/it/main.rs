@@ -5,9 +5,11 @@
 //! # Layout
 //! - `serve`: one app's life through `serve` (ping, start, list, kill), with a small hyper client
 //!   and a guard that kills every process the test saw.
+//! - `reaping`: the orphan sweep in a child subreaper (this test makes the whole binary one).
 //!
-//! The supervisor reaps each instance by its own pid (a pidfd), and sweeps orphans only in a
-//! child subreaper, which a test binary is not: more `serve`s, or tests that wait on children of
-//! their own, can share this binary without stealing each other's exit statuses.
+//! The supervisor reaps each instance by its own pid (a pidfd), and the orphan sweep reaps only
+//! zombies nobody watches outside the process's own group, so `serve`s and tests that wait on
+//! children of their own (started the std way, in the test's group) can share this binary.
 
+mod reaping;
 mod serve;
