@@ -11,13 +11,14 @@ use nix::fcntl::{Flock, FlockArg};
 use pm2rs_config::{LoadOptions, ScriptOptions};
 use pm2rs_proto::{
     ActionResponse, DescribeResponse, ListResponse, PID_FILE, PingResponse, ReloadRequest,
-    ScaleRequest, ScaleTo, StartRequest, StartResponse, TargetRequest, routes,
+    ResetRequest, ScaleRequest, ScaleTo, StartRequest, StartResponse, Status, TargetRequest,
+    TargetsRequest, routes,
 };
 use serde::Serialize;
 
 use crate::client::{self, Client};
 use crate::render::{self, Style};
-use crate::{Cmd, OutputArgs, StartArgs, UsageError};
+use crate::{Cmd, OutputArgs, StartArgs, TargetsArgs, UsageError};
 
 /// How long `kill` waits for the daemon process to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(30);
@@ -26,31 +27,38 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     let home = client::home_dir()?;
     match cmd {
         Cmd::Start(args) => start(&home, args).await,
-        Cmd::Stop(t) => action(&home, routes::STOP, &t.target, t.out, "stopped").await,
-        Cmd::Restart(t) => action(&home, routes::RESTART, &t.target, t.out, "restarted").await,
-        Cmd::Reload { target, parallel } => {
+        Cmd::Stop(t) => on_targets(&home, Verb::Stop, t).await,
+        Cmd::Restart(t) => on_targets(&home, Verb::Restart, t).await,
+        Cmd::Reload {
+            target,
+            parallel,
+            out,
+        } => {
+            let targets = TargetsArgs {
+                targets: vec![target],
+                out,
+            };
+            on_targets(&home, Verb::Reload { parallel }, targets).await
+        }
+        Cmd::Delete(t) => on_targets(&home, Verb::Delete, t).await,
+        Cmd::Reset(t) => {
             let mut c = Client::connect_or_start(&home).await?;
             let resp: ActionResponse = c
                 .post(
-                    routes::RELOAD,
-                    &ReloadRequest {
-                        target: target.target.clone(),
-                        parallel,
+                    routes::RESET,
+                    &ResetRequest {
+                        target: t.target.clone(),
                     },
                 )
                 .await?;
-            if target.out.json {
-                return print_json(&resp);
-            }
-            let ids: Vec<String> = resp.ids.iter().map(u32::to_string).collect();
-            say(&format!(
-                "reloaded {} (id {})",
-                target.target,
-                ids.join(", ")
-            ))?;
-            print_list(&mut c).await
+            report(
+                &mut c,
+                &resp,
+                t.out,
+                &format!("reset the counters of {}", t.target),
+            )
+            .await
         }
-        Cmd::Delete(t) => action(&home, routes::DELETE, &t.target, t.out, "deleted").await,
         Cmd::Scale { name, count, out } => {
             let to = parse_scale(&count)?;
             let mut c = Client::connect_or_start(&home).await?;
@@ -118,7 +126,7 @@ fn unreachable_daemon() -> anyhow::Result<ExitCode> {
 }
 
 async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCode> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let cpus = cpus();
     let path = std::path::Path::new(&args.what);
     let from_stdin = args.what == "-";
     let apps = if from_stdin || pm2rs_config::is_ecosystem_path(path) {
@@ -178,9 +186,109 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
     };
     let mut c = Client::connect_or_start(home).await?;
     let resp: StartResponse = c.post(routes::START, &StartRequest { apps }).await?;
-    if args.out.json {
-        return print_json(&resp);
+    report_start(&mut c, &resp, args.out).await
+}
+
+/// Prints a start reply (JSON, or a line per app and the table); failure when an instance ended
+/// errored.
+async fn report_start(
+    c: &mut Client,
+    resp: &StartResponse,
+    out: OutputArgs,
+) -> anyhow::Result<ExitCode> {
+    if out.json {
+        return print_json(resp);
     }
+    say(&start_lines(resp).join("\n"))?;
+    print_list(c).await?;
+    Ok(if errored(resp) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Whether an instance of a start reply ended errored.
+fn errored(resp: &StartResponse) -> bool {
+    resp.processes.iter().any(|p| p.status == Status::Errored)
+}
+
+/// What a command that takes targets does with them.
+#[derive(Debug, Clone, Copy)]
+enum Verb {
+    Stop,
+    Restart,
+    Reload { parallel: u32 },
+    Delete,
+}
+
+impl Verb {
+    fn past(self) -> &'static str {
+        match self {
+            Verb::Stop => "stopped",
+            Verb::Restart => "restarted",
+            Verb::Reload { .. } => "reloaded",
+            Verb::Delete => "deleted",
+        }
+    }
+}
+
+/// stop, restart, reload, delete: on names, ids, namespaces or `all`.
+async fn on_targets(
+    home: &std::path::Path,
+    verb: Verb,
+    args: TargetsArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect_or_start(home).await?;
+    let resp = act(&mut c, verb, &args.targets).await?;
+    let line = format!("{} {}", verb.past(), args.targets.join(" "));
+    report(&mut c, &resp, args.out, &line).await
+}
+
+/// Sends one stop/restart/reload/delete request.
+async fn act(c: &mut Client, verb: Verb, targets: &[String]) -> anyhow::Result<ActionResponse> {
+    let route = match verb {
+        Verb::Stop => routes::STOP,
+        Verb::Restart => routes::RESTART,
+        Verb::Delete => routes::DELETE,
+        Verb::Reload { parallel } => {
+            let [target] = targets else {
+                return Err(UsageError("reload takes one target".into()).into());
+            };
+            let request = ReloadRequest {
+                target: target.clone(),
+                parallel,
+            };
+            return c.post(routes::RELOAD, &request).await;
+        }
+    };
+    let request = TargetsRequest {
+        targets: targets.to_vec(),
+    };
+    c.post(route, &request).await
+}
+
+/// Prints an action's reply (JSON, or a status line and the table).
+async fn report(
+    c: &mut Client,
+    resp: &ActionResponse,
+    out: OutputArgs,
+    line: &str,
+) -> anyhow::Result<ExitCode> {
+    if out.json {
+        return print_json(resp);
+    }
+    let ids: Vec<String> = resp.ids.iter().map(u32::to_string).collect();
+    say(&format!("{line} (id {})", ids.join(", ")))?;
+    print_list(c).await
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// One line per app of a start reply, saying what was done with it.
+fn start_lines(resp: &StartResponse) -> Vec<String> {
     let mut lines = Vec::new();
     for (names, verb) in [
         (&resp.started, "started"),
@@ -192,41 +300,7 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
             lines.push(format!("{verb} {n}"));
         }
     }
-    say(&lines.join("\n"))?;
-    let failed = resp
-        .processes
-        .iter()
-        .any(|p| p.status == pm2rs_proto::Status::Errored);
-    print_list(&mut c).await?;
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-async fn action(
-    home: &std::path::Path,
-    route: &str,
-    target: &str,
-    out: OutputArgs,
-    verb: &str,
-) -> anyhow::Result<ExitCode> {
-    let mut c = Client::connect_or_start(home).await?;
-    let resp: ActionResponse = c
-        .post(
-            route,
-            &TargetRequest {
-                target: target.into(),
-            },
-        )
-        .await?;
-    if out.json {
-        return print_json(&resp);
-    }
-    let ids: Vec<String> = resp.ids.iter().map(u32::to_string).collect();
-    say(&format!("{verb} {target} (id {})", ids.join(", ")))?;
-    print_list(&mut c).await
+    lines
 }
 
 async fn list(home: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -31,22 +31,26 @@ pub enum Cmd {
     /// Start apps from an ecosystem file (.toml, or PM2's .json, .yml, *.config.js), from
     /// standard input (`-`), or one script.
     Start(StartArgs),
-    /// Stop apps (target: name, id, namespace or `all`).
-    Stop(TargetArgs),
+    /// Stop apps: one or more names, ids, namespaces or `all`.
+    Stop(TargetsArgs),
     /// Stop then start apps again.
-    Restart(TargetArgs),
+    Restart(TargetsArgs),
     /// Replace instances without downtime: start a new one, wait until it is ready, then stop
     /// the old one gracefully; one instance at a time unless --parallel.
     Reload {
-        #[command(flatten)]
-        target: TargetArgs,
+        /// App name, id, namespace, or `all`.
+        target: String,
         /// How many instances to replace at the same time.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
         parallel: u32,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Stop apps and forget them.
     #[command(alias = "del")]
-    Delete(TargetArgs),
+    Delete(TargetsArgs),
+    /// Zero the restart counters (↺ and unstable restarts) of the matching instances.
+    Reset(TargetArgs),
     /// Change an app's instance count: N, +N or -N.
     Scale {
         /// App name.
@@ -136,6 +140,15 @@ pub struct StartArgs {
 pub struct TargetArgs {
     /// App name, id, namespace, or `all`.
     pub target: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetsArgs {
+    /// App names, ids, namespaces or `all` (an instance matched twice is acted on once).
+    #[arg(required = true)]
+    pub targets: Vec<String>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
