@@ -126,6 +126,9 @@ fn unreachable_daemon() -> anyhow::Result<ExitCode> {
 }
 
 async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCode> {
+    if let Some(code) = start_known(home, &args).await? {
+        return Ok(code);
+    }
     let cpus = cpus();
     let path = std::path::Path::new(&args.what);
     let from_stdin = args.what == "-";
@@ -211,6 +214,71 @@ async fn report_start(
 /// Whether an instance of a start reply ended errored.
 fn errored(resp: &StartResponse) -> bool {
     resp.processes.iter().any(|p| p.status == Status::Errored)
+}
+
+/// `start <word>` where the word is the name, id or namespace of an app the daemon has, or `all`:
+/// those apps are started again as PM2 does it (its `restartProcessId`: a stopped app starts, a
+/// running one restarts), never replaced by a file or program of that name. `None` when the
+/// word names no app and is read as a file, then a program in PATH. A word with a `/` or an
+/// extension is always a path, as in PM2.
+async fn start_known(home: &std::path::Path, args: &StartArgs) -> anyhow::Result<Option<ExitCode>> {
+    let word = args.what.as_str();
+    if word == "-" || word.contains('/') || std::path::Path::new(word).extension().is_some() {
+        return Ok(None);
+    }
+    // No daemon running: no app is known (except for `all`, which PM2 takes as "all apps").
+    let client = if word == "all" {
+        Some(Client::connect_or_start(home).await?)
+    } else {
+        Client::connect(home).await?
+    };
+    let Some(mut c) = client else {
+        return Ok(None);
+    };
+    let list: ListResponse = c.get(routes::LIST).await?;
+    let procs = list
+        .processes
+        .iter()
+        .map(|p| (p.id, p.name.as_str(), p.namespace.as_str()));
+    match pm2rs_daemon::supervisor::resolve_target(word, procs) {
+        Ok(ids) if !ids.is_empty() || word == "all" => {}
+        _ => return Ok(None),
+    }
+    if args.name.is_some()
+        || args.instances.is_some()
+        || args.interpreter.is_some()
+        || args.namespace.is_some()
+        || args.port.is_some()
+        || args.wait_ready
+        || !args.args.is_empty()
+        || !args.only.is_empty()
+        || args.env_profile.is_some()
+    {
+        return Err(UsageError(format!(
+            "`{word}` names a known app (see `pm2rs list`): `pm2rs start {word}` starts it \
+             again and takes no script options; to run a program of that name as a new app, \
+             give its path (`./{word}` or a full path)"
+        ))
+        .into());
+    }
+    let request = TargetsRequest {
+        targets: vec![word.to_string()],
+    };
+    let resp: ActionResponse = c.post(routes::RESTART, &request).await?;
+    let mut restarted: Vec<String> = Vec::new();
+    for p in &resp.processes {
+        if !restarted.contains(&p.name) {
+            restarted.push(p.name.clone());
+        }
+    }
+    let resp = StartResponse {
+        started: vec![],
+        updated: vec![],
+        restarted,
+        unchanged: vec![],
+        processes: resp.processes,
+    };
+    report_start(&mut c, &resp, args.out).await.map(Some)
 }
 
 /// What a command that takes targets does with them.

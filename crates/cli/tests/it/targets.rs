@@ -1,10 +1,11 @@
-//! What a command acts on, as PM2 users type it: several targets per command, and `reset`.
+//! What a command acts on, as PM2 users type it: `start <known app>` starts that app (never a
+//! program of that name in PATH), several targets per command, and `reset`.
 
 use std::collections::BTreeMap;
 
-use pm2rs_proto::{ProcessInfo, Status};
+use pm2rs_proto::{Described, ProcessInfo, Status};
 
-use crate::harness::Pm2rs;
+use crate::harness::{DEADLINE, Pm2rs};
 
 /// The processes of `list`, by app name (first instance).
 fn by_name(procs: &[ProcessInfo]) -> BTreeMap<String, ProcessInfo> {
@@ -13,6 +14,57 @@ fn by_name(procs: &[ProcessInfo]) -> BTreeMap<String, ProcessInfo> {
         out.entry(p.name.clone()).or_insert_with(|| p.clone());
     }
     out
+}
+
+fn describe(t: &Pm2rs, target: &str) -> Vec<Described> {
+    serde_json::from_str(&t.ok(&["describe", target, "--json"])).expect("describe --json")
+}
+
+#[test]
+fn start_of_a_known_app_starts_it_instead_of_a_program_of_that_name() {
+    let t = Pm2rs::new();
+    t.script("srv.sh", "exec sleep 1000");
+    // `echo` is also /usr/bin/echo, which exits at once: taking the word for it would
+    // replace the app's script and crash-loop it.
+    t.ok(&["start", "srv.sh", "--name", "echo", "--namespace", "web"]);
+    t.wait_online("echo", 1);
+    t.ok(&["stop", "echo"]);
+    let out = t.ok(&["start", "echo"]);
+    assert!(out.contains("started again echo"), "{out}");
+    let p = t.wait_online("echo", 1).remove(0);
+    assert_eq!(p.restarts, 1, "{p:?}");
+    let d = describe(&t, "echo").remove(0);
+    assert!(d.spec.script.ends_with("srv.sh"), "{:?}", d.spec.script);
+
+    // By id and by namespace too, and `all`; a running app is restarted, as PM2 does.
+    t.ok(&["stop", "0"]);
+    t.ok(&["start", "0"]);
+    t.ok(&["stop", "web"]);
+    t.ok(&["start", "web"]);
+    let before = t.wait_online("echo", 1).remove(0);
+    t.ok(&["start", "all"]);
+    let after = t.wait_for("a restart by `start all`", DEADLINE, |ps| {
+        ps.iter()
+            .any(|p| p.status == Status::Online && p.pid.is_some() && p.pid != before.pid)
+    });
+    assert_eq!(by_name(&after)["echo"].restarts, before.restarts + 1);
+    assert!(describe(&t, "echo")[0].spec.script.ends_with("srv.sh"));
+
+    // Script options with a known app's name are refused, nothing changes.
+    let pid = t.wait_online("echo", 1)[0].pid;
+    let r = t.run(&["start", "echo", "--name", "other"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`echo` names a known app"),
+        "{}",
+        r.stderr
+    );
+    let now = t.list();
+    assert_eq!((now.len(), now[0].pid), (1, pid), "{now:#?}");
+
+    // A word that names no app is still a program in PATH.
+    t.ok(&["start", "sleep", "--", "1000"]);
+    t.wait_online("sleep", 1);
 }
 
 #[test]
