@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::client::{self, Client};
 use crate::render::{self, Style};
-use crate::{Cmd, OutputArgs, StartArgs, TargetsArgs, UsageError};
+use crate::{Cmd, FileArgs, OutputArgs, StartArgs, TargetsArgs, UsageError};
 
 /// How long `kill` waits for the daemon process to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(30);
@@ -27,20 +27,26 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     let home = client::home_dir()?;
     match cmd {
         Cmd::Start(args) => start(&home, args).await,
-        Cmd::Stop(t) => on_targets(&home, Verb::Stop, t).await,
-        Cmd::Restart(t) => on_targets(&home, Verb::Restart, t).await,
+        Cmd::Stop(t) => on_targets(&home, Verb::Stop, t, false).await,
+        Cmd::Restart {
+            targets,
+            update_env,
+        } => on_targets(&home, Verb::Restart, targets, update_env).await,
         Cmd::Reload {
             target,
+            file,
+            update_env,
             parallel,
             out,
         } => {
             let targets = TargetsArgs {
                 targets: vec![target],
+                file,
                 out,
             };
-            on_targets(&home, Verb::Reload { parallel }, targets).await
+            on_targets(&home, Verb::Reload { parallel }, targets, update_env).await
         }
-        Cmd::Delete(t) => on_targets(&home, Verb::Delete, t).await,
+        Cmd::Delete(t) => on_targets(&home, Verb::Delete, t, false).await,
         Cmd::Reset(t) => {
             let mut c = Client::connect_or_start(&home).await?;
             let resp: ActionResponse = c
@@ -202,7 +208,7 @@ async fn report_start(
     if out.json {
         return print_json(resp);
     }
-    say(&start_lines(resp).join("\n"))?;
+    say(&start_lines(resp, true).join("\n"))?;
     print_list(c).await?;
     Ok(if errored(resp) {
         ExitCode::FAILURE
@@ -301,12 +307,45 @@ impl Verb {
     }
 }
 
-/// stop, restart, reload, delete: on names, ids, namespaces or `all`.
+/// stop, restart, reload, delete: on names, ids, namespaces, `all`, or an ecosystem file's apps.
 async fn on_targets(
     home: &std::path::Path,
     verb: Verb,
     args: TargetsArgs,
+    update_env: bool,
 ) -> anyhow::Result<ExitCode> {
+    let files: Vec<&String> = args
+        .targets
+        .iter()
+        .filter(|t| pm2rs_config::is_ecosystem_path(std::path::Path::new(t)))
+        .collect();
+    if let [file] = files[..] {
+        if args.targets.len() > 1 {
+            return Err(UsageError(format!(
+                "`{file}` is an ecosystem file: give it alone, without other targets"
+            ))
+            .into());
+        }
+        let file = std::path::PathBuf::from(file);
+        return on_file(home, verb, &file, &args.file, args.out).await;
+    }
+    if files.len() > 1 {
+        return Err(UsageError("give one ecosystem file at a time".into()).into());
+    }
+    if !args.file.only.is_empty() || args.file.env_profile.is_some() {
+        return Err(UsageError(
+            "--only and --env apply to an ecosystem file, not to app names".into(),
+        )
+        .into());
+    }
+    if update_env {
+        return Err(UsageError(
+            "--update-env with an app name is not supported yet (an app keeps the env it was \
+             started with); give the ecosystem file instead, whose env is applied"
+                .into(),
+        )
+        .into());
+    }
     let mut c = Client::connect_or_start(home).await?;
     let resp = act(&mut c, verb, &args.targets).await?;
     let line = format!("{} {}", verb.past(), args.targets.join(" "));
@@ -336,6 +375,93 @@ async fn act(c: &mut Client, verb: Verb, targets: &[String]) -> anyhow::Result<A
     c.post(route, &request).await
 }
 
+/// stop/restart/reload/delete of an ecosystem file, as PM2 does it: the file's apps (narrowed by
+/// `--only`) are the targets. stop and delete act on those the daemon knows and skip the others;
+/// restart and reload also apply the file's settings (`--env` profile included), so a changed app
+/// is restarted with them and an app not running is started, then the unchanged running ones are
+/// restarted or reloaded.
+async fn on_file(
+    home: &std::path::Path,
+    verb: Verb,
+    file: &std::path::Path,
+    opts: &FileArgs,
+    out: OutputArgs,
+) -> anyhow::Result<ExitCode> {
+    let apps = pm2rs_config::load_ecosystem(file, &load_options(opts))?;
+    let mut c = Client::connect_or_start(home).await?;
+    let mut lines = Vec::new();
+    let file_apps: Vec<String> = apps.iter().map(|a| a.name.clone()).collect();
+    let mut names = file_apps.clone();
+    let mut ids = Vec::new();
+    let mut failed = false;
+    match verb {
+        Verb::Stop | Verb::Delete => {
+            let list: ListResponse = c.get(routes::LIST).await?;
+            let (known, unknown): (Vec<String>, Vec<String>) = names
+                .into_iter()
+                .partition(|n| list.processes.iter().any(|p| p.name == *n));
+            for n in &unknown {
+                lines.push(format!("{n} is not running, skipped"));
+            }
+            names = known;
+        }
+        Verb::Restart | Verb::Reload { .. } => {
+            let resp: StartResponse = c.post(routes::START, &StartRequest { apps }).await?;
+            failed = errored(&resp);
+            lines.extend(start_lines(&resp, false));
+            ids.extend(
+                resp.processes
+                    .iter()
+                    .filter(|p| !resp.unchanged.contains(&p.name))
+                    .map(|p| p.id),
+            );
+            names = resp.unchanged;
+        }
+    }
+    for chunk in chunks(verb, &names) {
+        let resp = act(&mut c, verb, chunk).await?;
+        lines.push(format!("{} {}", verb.past(), chunk.join(" ")));
+        ids.extend(resp.ids);
+    }
+    if names.is_empty() && lines.is_empty() {
+        lines.push(format!("no app of {} to act on", file.display()));
+    }
+    if out.json {
+        // Every instance of the file's apps as they are now, and the ids acted on.
+        let list: ListResponse = c.get(routes::LIST).await?;
+        let processes = list
+            .processes
+            .into_iter()
+            .filter(|p| file_apps.contains(&p.name))
+            .collect();
+        print_json(&ActionResponse { processes, ids })?;
+        return Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    say(&lines.join("\n"))?;
+    print_list(&mut c).await?;
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The requests that act on `names`: one for all of them, but one per app for reload (which
+/// takes one target).
+fn chunks(verb: Verb, names: &[String]) -> Vec<&[String]> {
+    if names.is_empty() {
+        return vec![];
+    }
+    match verb {
+        Verb::Reload { .. } => names.chunks(1).collect(),
+        _ => vec![names],
+    }
+}
+
 /// Prints an action's reply (JSON, or a status line and the table).
 async fn report(
     c: &mut Client,
@@ -351,19 +477,32 @@ async fn report(
     print_list(c).await
 }
 
+fn load_options(opts: &FileArgs) -> LoadOptions {
+    LoadOptions {
+        env_profile: opts.env_profile.clone(),
+        only: opts.only.clone(),
+        cpus: cpus(),
+        js_timeout: None,
+    }
+}
+
 fn cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 /// One line per app of a start reply, saying what was done with it.
-fn start_lines(resp: &StartResponse) -> Vec<String> {
+/// `unchanged`: whether to include the apps left alone (a restart of a file acts on them next).
+fn start_lines(resp: &StartResponse, unchanged: bool) -> Vec<String> {
     let mut lines = Vec::new();
-    for (names, verb) in [
+    let mut groups = vec![
         (&resp.started, "started"),
         (&resp.updated, "applied changes to and restarted"),
         (&resp.restarted, "started again"),
-        (&resp.unchanged, "already running, unchanged:"),
-    ] {
+    ];
+    if unchanged {
+        groups.push((&resp.unchanged, "already running, unchanged:"));
+    }
+    for (names, verb) in groups {
         for n in names {
             lines.push(format!("{verb} {n}"));
         }

@@ -1,11 +1,12 @@
 //! What a command acts on, as PM2 users type it: `start <known app>` starts that app (never a
-//! program of that name in PATH), several targets per command, and `reset`.
+//! program of that name in PATH), several targets per command, an ecosystem file as the target of
+//! stop/restart/reload/delete, and `reset`.
 
 use std::collections::BTreeMap;
 
 use pm2rs_proto::{Described, ProcessInfo, Status};
 
-use crate::harness::{DEADLINE, Pm2rs};
+use crate::harness::{DEADLINE, Pm2rs, eventually};
 
 /// The processes of `list`, by app name (first instance).
 fn by_name(procs: &[ProcessInfo]) -> BTreeMap<String, ProcessInfo> {
@@ -14,6 +15,10 @@ fn by_name(procs: &[ProcessInfo]) -> BTreeMap<String, ProcessInfo> {
         out.entry(p.name.clone()).or_insert_with(|| p.clone());
     }
     out
+}
+
+fn status_of(t: &Pm2rs, name: &str) -> Option<Status> {
+    by_name(&t.list()).get(name).map(|p| p.status)
 }
 
 fn describe(t: &Pm2rs, target: &str) -> Vec<Described> {
@@ -99,6 +104,112 @@ fn several_targets_are_acted_on_together_and_an_unknown_one_changes_nothing() {
     t.ok(&["delete", "a", "b"]);
     let left: Vec<String> = t.list().into_iter().map(|p| p.name).collect();
     assert_eq!(left, vec!["c".to_string()]);
+}
+
+#[test]
+fn an_ecosystem_file_is_the_target_of_stop_restart_reload_and_delete() {
+    let t = Pm2rs::new();
+    t.script(
+        "dump.sh",
+        r#"env > "env-$PM2RS_APP_NAME.txt"; exec sleep 1000"#,
+    );
+    let eco = |greeting: &str| {
+        format!(
+            r#"
+[[apps]]
+name = "web"
+script = "dump.sh"
+listen_timeout = 100
+env = {{ MODE = "dev", GREETING = "{greeting}" }}
+env_production = {{ MODE = "prod" }}
+
+[[apps]]
+name = "worker"
+script = "dump.sh"
+listen_timeout = 100
+env = {{ MODE = "dev" }}
+"#
+        )
+    };
+    t.write("eco.toml", &eco("hi"));
+    let env_has = |name: &str, want: &str| {
+        let path = t.work().join(format!("env-{name}.txt"));
+        eventually(DEADLINE, || {
+            std::fs::read_to_string(&path).is_ok_and(|s| s.lines().any(|l| l == want))
+        })
+    };
+    t.ok(&["start", "eco.toml"]);
+    t.wait_online("web", 1);
+    t.wait_online("worker", 1);
+
+    // --only narrows the file's apps.
+    t.ok(&["stop", "eco.toml", "--only", "web"]);
+    assert_eq!(status_of(&t, "web"), Some(Status::Stopped));
+    assert_eq!(status_of(&t, "worker"), Some(Status::Online));
+
+    // restart applies the file (here its production profile): the stopped app, changed by the
+    // profile, is started with it; worker, unchanged (no env_production), is restarted.
+    let worker_pid = by_name(&t.list())["worker"].pid;
+    let out = t.ok(&["restart", "eco.toml", "--env", "production", "--update-env"]);
+    assert!(
+        out.contains("applied changes to and restarted web"),
+        "{out}"
+    );
+    assert!(out.contains("restarted worker"), "{out}");
+    t.wait_online("web", 1);
+    let worker = t.wait_online("worker", 1).remove(0);
+    assert_ne!(worker.pid, worker_pid);
+    assert_eq!(worker.restarts, 1, "{worker:?}");
+    assert!(env_has("web", "MODE=prod") && env_has("web", "GREETING=hi"));
+    assert!(env_has("worker", "MODE=dev"));
+    let out = t.ok(&["restart", "eco.toml", "--env", "production"]);
+    assert!(out.contains("restarted web worker"), "{out}");
+    let again = t.wait_online("worker", 1).remove(0);
+    assert_eq!(again.restarts, worker.restarts + 1, "{again:?}");
+    // --json: every instance of the file's apps, and the ids acted on.
+    let json: pm2rs_proto::ActionResponse =
+        serde_json::from_str(&t.ok(&["restart", "eco.toml", "--env", "production", "--json"]))
+            .expect("restart --json");
+    assert_eq!((json.processes.len(), json.ids.len()), (2, 2), "{json:?}");
+    let again = t.wait_online("worker", 1).remove(0);
+
+    // reload applies a changed file too; an unchanged app is reloaded (new pid, same id).
+    t.write("eco.toml", &eco("hello"));
+    let web_before = by_name(&t.list())["web"].clone();
+    let out = t.ok(&["reload", "eco.toml", "--env", "production"]);
+    assert!(
+        out.contains("applied changes to and restarted web"),
+        "{out}"
+    );
+    assert!(out.contains("reloaded worker"), "{out}");
+    assert!(env_has("web", "GREETING=hello"));
+    let web = t.wait_online("web", 1).remove(0);
+    assert_eq!(web.id, web_before.id);
+    let reloaded = t.wait_online("worker", 1).remove(0);
+    assert_ne!(reloaded.pid, again.pid);
+
+    // A bad file gets start's errors and changes nothing.
+    t.write(
+        "bad.toml",
+        "[[apps]]\nname = \"web\"\nscript = \"dump.sh\"\ninstances = 0\n",
+    );
+    let r = t.run(&["restart", "bad.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("bad.toml:4:") && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(by_name(&t.list())["web"].pid, web.pid);
+    // --env and --only belong to a file.
+    let r = t.run(&["stop", "web", "--only", "web"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // delete forgets the file's apps; an app of the file the daemon does not have is skipped.
+    t.ok(&["delete", "worker"]);
+    let out = t.ok(&["delete", "eco.toml"]);
+    assert!(out.contains("worker is not running, skipped"), "{out}");
+    assert!(t.list().is_empty());
 }
 
 #[test]
