@@ -401,7 +401,7 @@ async fn on_file(
                 .into_iter()
                 .partition(|n| list.processes.iter().any(|p| p.name == *n));
             for n in &unknown {
-                lines.push(format!("{n} is not running, skipped"));
+                lines.push(format!("{n}: no such app, skipped"));
             }
             names = known;
         }

@@ -432,7 +432,8 @@ pub struct StartResponse {
     pub started: Vec<String>,
     /// Apps whose spec changed and were restarted with it.
     pub updated: Vec<String>,
-    /// Apps that were stopped or errored and were started again.
+    /// Apps that were stopped or errored and were started again (and, when the CLI's
+    /// `start <known app>` builds this reply, running ones it restarted).
     pub restarted: Vec<String>,
     /// Apps that were already running with the same spec.
     pub unchanged: Vec<String>,

@@ -201,14 +201,18 @@ env = {{ MODE = "dev" }}
         r.stderr
     );
     assert_eq!(by_name(&t.list())["web"].pid, web.pid);
-    // --env and --only belong to a file.
+    // --env and --only belong to a file; --update-env with a name is refused, not ignored.
     let r = t.run(&["stop", "web", "--only", "web"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = t.run(&["restart", "web", "--update-env"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not supported yet"), "{}", r.stderr);
+    assert_eq!(by_name(&t.list())["web"].pid, web.pid);
 
     // delete forgets the file's apps; an app of the file the daemon does not have is skipped.
     t.ok(&["delete", "worker"]);
     let out = t.ok(&["delete", "eco.toml"]);
-    assert!(out.contains("worker is not running, skipped"), "{out}");
+    assert!(out.contains("worker: no such app, skipped"), "{out}");
     assert!(t.list().is_empty());
 }
 
