@@ -11,13 +11,14 @@ use nix::fcntl::{Flock, FlockArg};
 use pm2rs_config::{LoadOptions, ScriptOptions};
 use pm2rs_proto::{
     ActionResponse, DescribeResponse, ListResponse, PID_FILE, PingResponse, ReloadRequest,
-    ScaleRequest, ScaleTo, StartRequest, StartResponse, TargetRequest, routes,
+    ResetRequest, ScaleRequest, ScaleTo, StartRequest, StartResponse, Status, TargetRequest,
+    TargetsRequest, routes,
 };
 use serde::Serialize;
 
 use crate::client::{self, Client};
 use crate::render::{self, Style};
-use crate::{Cmd, OutputArgs, StartArgs, UsageError};
+use crate::{Cmd, FileArgs, OutputArgs, StartArgs, TargetsArgs, UsageError};
 
 /// How long `kill` waits for the daemon process to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(30);
@@ -26,31 +27,44 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     let home = client::home_dir()?;
     match cmd {
         Cmd::Start(args) => start(&home, args).await,
-        Cmd::Stop(t) => action(&home, routes::STOP, &t.target, t.out, "stopped").await,
-        Cmd::Restart(t) => action(&home, routes::RESTART, &t.target, t.out, "restarted").await,
-        Cmd::Reload { target, parallel } => {
+        Cmd::Stop(t) => on_targets(&home, Verb::Stop, t, false).await,
+        Cmd::Restart {
+            targets,
+            update_env,
+        } => on_targets(&home, Verb::Restart, targets, update_env).await,
+        Cmd::Reload {
+            target,
+            file,
+            update_env,
+            parallel,
+            out,
+        } => {
+            let targets = TargetsArgs {
+                targets: vec![target],
+                file,
+                out,
+            };
+            on_targets(&home, Verb::Reload { parallel }, targets, update_env).await
+        }
+        Cmd::Delete(t) => on_targets(&home, Verb::Delete, t, false).await,
+        Cmd::Reset(t) => {
             let mut c = Client::connect_or_start(&home).await?;
             let resp: ActionResponse = c
                 .post(
-                    routes::RELOAD,
-                    &ReloadRequest {
-                        target: target.target.clone(),
-                        parallel,
+                    routes::RESET,
+                    &ResetRequest {
+                        target: t.target.clone(),
                     },
                 )
                 .await?;
-            if target.out.json {
-                return print_json(&resp);
-            }
-            let ids: Vec<String> = resp.ids.iter().map(u32::to_string).collect();
-            say(&format!(
-                "reloaded {} (id {})",
-                target.target,
-                ids.join(", ")
-            ))?;
-            print_list(&mut c).await
+            report(
+                &mut c,
+                &resp,
+                t.out,
+                &format!("reset the counters of {}", t.target),
+            )
+            .await
         }
-        Cmd::Delete(t) => action(&home, routes::DELETE, &t.target, t.out, "deleted").await,
         Cmd::Scale { name, count, out } => {
             let to = parse_scale(&count)?;
             let mut c = Client::connect_or_start(&home).await?;
@@ -118,7 +132,10 @@ fn unreachable_daemon() -> anyhow::Result<ExitCode> {
 }
 
 async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCode> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    if let Some(code) = start_known(home, &args).await? {
+        return Ok(code);
+    }
+    let cpus = cpus();
     let path = std::path::Path::new(&args.what);
     let from_stdin = args.what == "-";
     let apps = if from_stdin || pm2rs_config::is_ecosystem_path(path) {
@@ -178,25 +195,253 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
     };
     let mut c = Client::connect_or_start(home).await?;
     let resp: StartResponse = c.post(routes::START, &StartRequest { apps }).await?;
-    if args.out.json {
-        return print_json(&resp);
+    report_start(&mut c, &resp, args.out).await
+}
+
+/// Prints a start reply (JSON, or a line per app and the table); failure when an instance ended
+/// errored.
+async fn report_start(
+    c: &mut Client,
+    resp: &StartResponse,
+    out: OutputArgs,
+) -> anyhow::Result<ExitCode> {
+    if out.json {
+        return print_json(resp);
     }
-    let mut lines = Vec::new();
-    for (names, verb) in [
-        (&resp.started, "started"),
-        (&resp.updated, "applied changes to and restarted"),
-        (&resp.restarted, "started again"),
-        (&resp.unchanged, "already running, unchanged:"),
-    ] {
-        for n in names {
-            lines.push(format!("{verb} {n}"));
-        }
+    say(&start_lines(resp, true).join("\n"))?;
+    print_list(c).await?;
+    Ok(if errored(resp) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Whether an instance of a start reply ended errored.
+fn errored(resp: &StartResponse) -> bool {
+    resp.processes.iter().any(|p| p.status == Status::Errored)
+}
+
+/// `start <word>` where the word is the name, id or namespace of an app the daemon has, or `all`:
+/// those apps are started again as PM2 does it (its `restartProcessId`: a stopped app starts, a
+/// running one restarts), never replaced by a file or program of that name. `None` when the
+/// word names no app and is read as a file, then a program in PATH. A word with a `/` or an
+/// extension is always a path, as in PM2.
+async fn start_known(home: &std::path::Path, args: &StartArgs) -> anyhow::Result<Option<ExitCode>> {
+    let word = args.what.as_str();
+    if word == "-" || word.contains('/') || std::path::Path::new(word).extension().is_some() {
+        return Ok(None);
     }
-    say(&lines.join("\n"))?;
-    let failed = resp
+    // No daemon running: no app is known (except for `all`, which PM2 takes as "all apps").
+    let client = if word == "all" {
+        Some(Client::connect_or_start(home).await?)
+    } else {
+        Client::connect(home).await?
+    };
+    let Some(mut c) = client else {
+        return Ok(None);
+    };
+    let list: ListResponse = c.get(routes::LIST).await?;
+    let procs = list
         .processes
         .iter()
-        .any(|p| p.status == pm2rs_proto::Status::Errored);
+        .map(|p| (p.id, p.name.as_str(), p.namespace.as_str()));
+    match pm2rs_daemon::supervisor::resolve_target(word, procs) {
+        Ok(ids) if !ids.is_empty() || word == "all" => {}
+        _ => return Ok(None),
+    }
+    if args.name.is_some()
+        || args.instances.is_some()
+        || args.interpreter.is_some()
+        || args.namespace.is_some()
+        || args.port.is_some()
+        || args.wait_ready
+        || !args.args.is_empty()
+        || !args.only.is_empty()
+        || args.env_profile.is_some()
+    {
+        return Err(UsageError(format!(
+            "`{word}` names a known app (see `pm2rs list`): `pm2rs start {word}` starts it \
+             again and takes no script options; to run a program of that name as a new app, \
+             give its path (`./{word}` or a full path)"
+        ))
+        .into());
+    }
+    let request = TargetsRequest {
+        targets: vec![word.to_string()],
+    };
+    let resp: ActionResponse = c.post(routes::RESTART, &request).await?;
+    let mut restarted: Vec<String> = Vec::new();
+    for p in &resp.processes {
+        if !restarted.contains(&p.name) {
+            restarted.push(p.name.clone());
+        }
+    }
+    let resp = StartResponse {
+        started: vec![],
+        updated: vec![],
+        restarted,
+        unchanged: vec![],
+        processes: resp.processes,
+    };
+    report_start(&mut c, &resp, args.out).await.map(Some)
+}
+
+/// What a command that takes targets does with them.
+#[derive(Debug, Clone, Copy)]
+enum Verb {
+    Stop,
+    Restart,
+    Reload { parallel: u32 },
+    Delete,
+}
+
+impl Verb {
+    fn past(self) -> &'static str {
+        match self {
+            Verb::Stop => "stopped",
+            Verb::Restart => "restarted",
+            Verb::Reload { .. } => "reloaded",
+            Verb::Delete => "deleted",
+        }
+    }
+}
+
+/// stop, restart, reload, delete: on names, ids, namespaces, `all`, or an ecosystem file's apps.
+async fn on_targets(
+    home: &std::path::Path,
+    verb: Verb,
+    args: TargetsArgs,
+    update_env: bool,
+) -> anyhow::Result<ExitCode> {
+    let files: Vec<&String> = args
+        .targets
+        .iter()
+        .filter(|t| pm2rs_config::is_ecosystem_path(std::path::Path::new(t)))
+        .collect();
+    if let [file] = files[..] {
+        if args.targets.len() > 1 {
+            return Err(UsageError(format!(
+                "`{file}` is an ecosystem file: give it alone, without other targets"
+            ))
+            .into());
+        }
+        let file = std::path::PathBuf::from(file);
+        return on_file(home, verb, &file, &args.file, args.out).await;
+    }
+    if files.len() > 1 {
+        return Err(UsageError("give one ecosystem file at a time".into()).into());
+    }
+    if !args.file.only.is_empty() || args.file.env_profile.is_some() {
+        return Err(UsageError(
+            "--only and --env apply to an ecosystem file, not to app names".into(),
+        )
+        .into());
+    }
+    if update_env {
+        return Err(UsageError(
+            "--update-env with an app name is not supported yet (an app keeps the env it was \
+             started with); give the ecosystem file instead, whose env is applied"
+                .into(),
+        )
+        .into());
+    }
+    let mut c = Client::connect_or_start(home).await?;
+    let resp = act(&mut c, verb, &args.targets).await?;
+    let line = format!("{} {}", verb.past(), args.targets.join(" "));
+    report(&mut c, &resp, args.out, &line).await
+}
+
+/// Sends one stop/restart/reload/delete request.
+async fn act(c: &mut Client, verb: Verb, targets: &[String]) -> anyhow::Result<ActionResponse> {
+    let route = match verb {
+        Verb::Stop => routes::STOP,
+        Verb::Restart => routes::RESTART,
+        Verb::Delete => routes::DELETE,
+        Verb::Reload { parallel } => {
+            let [target] = targets else {
+                return Err(UsageError("reload takes one target".into()).into());
+            };
+            let request = ReloadRequest {
+                target: target.clone(),
+                parallel,
+            };
+            return c.post(routes::RELOAD, &request).await;
+        }
+    };
+    let request = TargetsRequest {
+        targets: targets.to_vec(),
+    };
+    c.post(route, &request).await
+}
+
+/// stop/restart/reload/delete of an ecosystem file, as PM2 does it: the file's apps (narrowed by
+/// `--only`) are the targets. stop and delete act on those the daemon knows and skip the others;
+/// restart and reload also apply the file's settings (`--env` profile included), so a changed app
+/// is restarted with them and an app not running is started, then the unchanged running ones are
+/// restarted or reloaded.
+async fn on_file(
+    home: &std::path::Path,
+    verb: Verb,
+    file: &std::path::Path,
+    opts: &FileArgs,
+    out: OutputArgs,
+) -> anyhow::Result<ExitCode> {
+    let apps = pm2rs_config::load_ecosystem(file, &load_options(opts))?;
+    let mut c = Client::connect_or_start(home).await?;
+    let mut lines = Vec::new();
+    let file_apps: Vec<String> = apps.iter().map(|a| a.name.clone()).collect();
+    let mut names = file_apps.clone();
+    let mut ids = Vec::new();
+    let mut failed = false;
+    match verb {
+        Verb::Stop | Verb::Delete => {
+            let list: ListResponse = c.get(routes::LIST).await?;
+            let (known, unknown): (Vec<String>, Vec<String>) = names
+                .into_iter()
+                .partition(|n| list.processes.iter().any(|p| p.name == *n));
+            for n in &unknown {
+                lines.push(format!("{n}: no such app, skipped"));
+            }
+            names = known;
+        }
+        Verb::Restart | Verb::Reload { .. } => {
+            let resp: StartResponse = c.post(routes::START, &StartRequest { apps }).await?;
+            failed = errored(&resp);
+            lines.extend(start_lines(&resp, false));
+            ids.extend(
+                resp.processes
+                    .iter()
+                    .filter(|p| !resp.unchanged.contains(&p.name))
+                    .map(|p| p.id),
+            );
+            names = resp.unchanged;
+        }
+    }
+    for chunk in chunks(verb, &names) {
+        let resp = act(&mut c, verb, chunk).await?;
+        lines.push(format!("{} {}", verb.past(), chunk.join(" ")));
+        ids.extend(resp.ids);
+    }
+    if names.is_empty() && lines.is_empty() {
+        lines.push(format!("no app of {} to act on", file.display()));
+    }
+    if out.json {
+        // Every instance of the file's apps as they are now, and the ids acted on.
+        let list: ListResponse = c.get(routes::LIST).await?;
+        let processes = list
+            .processes
+            .into_iter()
+            .filter(|p| file_apps.contains(&p.name))
+            .collect();
+        print_json(&ActionResponse { processes, ids })?;
+        return Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    say(&lines.join("\n"))?;
     print_list(&mut c).await?;
     Ok(if failed {
         ExitCode::FAILURE
@@ -205,28 +450,64 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
     })
 }
 
-async fn action(
-    home: &std::path::Path,
-    route: &str,
-    target: &str,
+/// The requests that act on `names`: one for all of them, but one per app for reload (which
+/// takes one target).
+fn chunks(verb: Verb, names: &[String]) -> Vec<&[String]> {
+    if names.is_empty() {
+        return vec![];
+    }
+    match verb {
+        Verb::Reload { .. } => names.chunks(1).collect(),
+        _ => vec![names],
+    }
+}
+
+/// Prints an action's reply (JSON, or a status line and the table).
+async fn report(
+    c: &mut Client,
+    resp: &ActionResponse,
     out: OutputArgs,
-    verb: &str,
+    line: &str,
 ) -> anyhow::Result<ExitCode> {
-    let mut c = Client::connect_or_start(home).await?;
-    let resp: ActionResponse = c
-        .post(
-            route,
-            &TargetRequest {
-                target: target.into(),
-            },
-        )
-        .await?;
     if out.json {
-        return print_json(&resp);
+        return print_json(resp);
     }
     let ids: Vec<String> = resp.ids.iter().map(u32::to_string).collect();
-    say(&format!("{verb} {target} (id {})", ids.join(", ")))?;
-    print_list(&mut c).await
+    say(&format!("{line} (id {})", ids.join(", ")))?;
+    print_list(c).await
+}
+
+fn load_options(opts: &FileArgs) -> LoadOptions {
+    LoadOptions {
+        env_profile: opts.env_profile.clone(),
+        only: opts.only.clone(),
+        cpus: cpus(),
+        js_timeout: None,
+    }
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// One line per app of a start reply, saying what was done with it.
+/// `unchanged`: whether to include the apps left alone (a restart of a file acts on them next).
+fn start_lines(resp: &StartResponse, unchanged: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut groups = vec![
+        (&resp.started, "started"),
+        (&resp.updated, "applied changes to and restarted"),
+        (&resp.restarted, "started again"),
+    ];
+    if unchanged {
+        groups.push((&resp.unchanged, "already running, unchanged:"));
+    }
+    for (names, verb) in groups {
+        for n in names {
+            lines.push(format!("{verb} {n}"));
+        }
+    }
+    lines
 }
 
 async fn list(home: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -31,22 +31,39 @@ pub enum Cmd {
     /// Start apps from an ecosystem file (.toml, or PM2's .json, .yml, *.config.js), from
     /// standard input (`-`), or one script.
     Start(StartArgs),
-    /// Stop apps (target: name, id, namespace or `all`).
-    Stop(TargetArgs),
-    /// Stop then start apps again.
-    Restart(TargetArgs),
-    /// Replace instances without downtime: start a new one, wait until it is ready, then stop
-    /// the old one gracefully; one instance at a time unless --parallel.
-    Reload {
+    /// Stop apps: one or more names, ids, namespaces or `all`, or an ecosystem file's apps.
+    Stop(TargetsArgs),
+    /// Stop then start apps again (several targets, or an ecosystem file whose changed settings
+    /// are applied and whose apps not running are started).
+    Restart {
         #[command(flatten)]
-        target: TargetArgs,
+        targets: TargetsArgs,
+        /// Accepted with an ecosystem file, whose env is always applied (as PM2 does).
+        #[arg(long)]
+        update_env: bool,
+    },
+    /// Replace instances without downtime: start a new one, wait until it is ready, then stop
+    /// the old one gracefully; one instance at a time unless --parallel. With an ecosystem file,
+    /// its apps: changed ones are restarted with their new settings, missing ones started.
+    Reload {
+        /// App name, id, namespace, `all`, or an ecosystem file.
+        target: String,
+        #[command(flatten)]
+        file: FileArgs,
+        /// Accepted with an ecosystem file, whose env is always applied (as PM2 does).
+        #[arg(long)]
+        update_env: bool,
         /// How many instances to replace at the same time.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
         parallel: u32,
+        #[command(flatten)]
+        out: OutputArgs,
     },
-    /// Stop apps and forget them.
+    /// Stop apps and forget them (several targets, or an ecosystem file's apps).
     #[command(alias = "del")]
-    Delete(TargetArgs),
+    Delete(TargetsArgs),
+    /// Zero the restart counters (↺ and unstable restarts) of the matching instances.
+    Reset(TargetArgs),
     /// Change an app's instance count: N, +N or -N.
     Scale {
         /// App name.
@@ -138,6 +155,29 @@ pub struct TargetArgs {
     pub target: String,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetsArgs {
+    /// App names, ids, namespaces or `all` (an instance matched twice is acted on once), or one
+    /// ecosystem file (.toml, .json, .yml/.yaml, *.config.js).
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub file: FileArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// Options that apply when the target is an ecosystem file.
+#[derive(Debug, Args, Clone)]
+pub struct FileArgs {
+    /// Only these apps of the ecosystem file (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Merge `env_<profile>` over `env` (ecosystem file).
+    #[arg(long = "env")]
+    pub env_profile: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use pm2rs_proto::{
     ActionResponse, ApiError, DescribeResponse, ErrorKind, FlushResponse, ListResponse, LogEvent,
-    LogStreamQuery, PingResponse, ReloadRequest, ScaleRequest, StartRequest, StartResponse,
-    TargetRequest, VERSION, VERSION_HEADER, routes,
+    LogStreamQuery, PingResponse, ReloadRequest, ResetRequest, ScaleRequest, StartRequest,
+    StartResponse, TargetRequest, TargetsRequest, VERSION, VERSION_HEADER, routes,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -58,6 +58,7 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::STOP, post(stop))
         .route(routes::RESTART, post(restart))
         .route(routes::DELETE, post(delete))
+        .route(routes::RESET, post(reset))
         .route(routes::SCALE, post(scale))
         .route(routes::RELOAD, post(reload))
         .route(routes::DESCRIBE, post(describe))
@@ -339,33 +340,48 @@ async fn start(
     .await
 }
 
-async fn stop(state: State<ApiState>, req: Json<TargetRequest>) -> ApiResult<ActionResponse> {
-    on_target(state, req, |target, reply| Command::Stop { target, reply }).await
-}
-
-async fn restart(state: State<ApiState>, req: Json<TargetRequest>) -> ApiResult<ActionResponse> {
-    on_target(state, req, |target, reply| Command::Restart {
-        target,
+async fn stop(state: State<ApiState>, req: Json<TargetsRequest>) -> ApiResult<ActionResponse> {
+    on_targets(state, req, |targets, reply| Command::Stop {
+        targets,
         reply,
     })
     .await
 }
 
-async fn delete(state: State<ApiState>, req: Json<TargetRequest>) -> ApiResult<ActionResponse> {
-    on_target(state, req, |target, reply| Command::Delete {
-        target,
+async fn restart(state: State<ApiState>, req: Json<TargetsRequest>) -> ApiResult<ActionResponse> {
+    on_targets(state, req, |targets, reply| Command::Restart {
+        targets,
         reply,
     })
     .await
 }
 
-/// The shared body of the routes that act on a target.
-async fn on_target(
+async fn delete(state: State<ApiState>, req: Json<TargetsRequest>) -> ApiResult<ActionResponse> {
+    on_targets(state, req, |targets, reply| Command::Delete {
+        targets,
+        reply,
+    })
+    .await
+}
+
+/// The shared body of the routes that act on targets.
+async fn on_targets(
     State(state): State<ApiState>,
-    Json(req): Json<TargetRequest>,
-    make: fn(String, Reply<ActionResponse>) -> Command,
+    Json(req): Json<TargetsRequest>,
+    make: fn(Vec<String>, Reply<ActionResponse>) -> Command,
 ) -> ApiResult<ActionResponse> {
-    ask(&state, |reply| make(req.target, reply)).await
+    ask(&state, |reply| make(req.targets, reply)).await
+}
+
+async fn reset(
+    State(state): State<ApiState>,
+    Json(req): Json<ResetRequest>,
+) -> ApiResult<ActionResponse> {
+    ask(&state, |reply| Command::Reset {
+        target: req.target,
+        reply,
+    })
+    .await
 }
 
 async fn scale(

@@ -7,8 +7,8 @@
 //! # Layout
 //! - [`AppSpec`]: one fully resolved app, as the ecosystem parser produces it and the daemon runs it.
 //! - [`ProcessInfo`], [`Status`]: what `list` and `describe` show about one instance.
-//! - Request structs ([`StartRequest`], [`TargetRequest`], [`ScaleRequest`], [`ReloadRequest`]) and
-//!   their replies.
+//! - Request structs ([`StartRequest`], [`TargetRequest`], [`TargetsRequest`], [`ScaleRequest`],
+//!   [`ReloadRequest`], [`ResetRequest`]) and their replies.
 //! - [`LogSpec`]: where and how an app's output is written.
 //! - [`LogEvent`]: one line of the log stream (`pm2rs logs`), newline-delimited JSON; [`FileEnd`]:
 //!   where its batch ends in its file.
@@ -50,12 +50,15 @@ pub mod routes {
     pub const LIST: &str = "/v1/processes";
     /// `POST` [`crate::StartRequest`] → [`crate::StartResponse`].
     pub const START: &str = "/v1/apps/start";
-    /// `POST` [`crate::TargetRequest`] → [`crate::ActionResponse`].
+    /// `POST` [`crate::TargetsRequest`] → [`crate::ActionResponse`].
     pub const STOP: &str = "/v1/apps/stop";
-    /// `POST` [`crate::TargetRequest`] → [`crate::ActionResponse`].
+    /// `POST` [`crate::TargetsRequest`] → [`crate::ActionResponse`].
     pub const RESTART: &str = "/v1/apps/restart";
-    /// `POST` [`crate::TargetRequest`] → [`crate::ActionResponse`].
+    /// `POST` [`crate::TargetsRequest`] → [`crate::ActionResponse`].
     pub const DELETE: &str = "/v1/apps/delete";
+    /// `POST` [`crate::ResetRequest`] → [`crate::ActionResponse`]: zeroes the instances'
+    /// restart counters (↺ and unstable restarts), as PM2's `reset`.
+    pub const RESET: &str = "/v1/apps/reset";
     /// `POST` [`crate::ScaleRequest`] → [`crate::ActionResponse`].
     pub const SCALE: &str = "/v1/apps/scale";
     /// `POST` [`crate::TargetRequest`] → [`crate::DescribeResponse`].
@@ -429,7 +432,8 @@ pub struct StartResponse {
     pub started: Vec<String>,
     /// Apps whose spec changed and were restarted with it.
     pub updated: Vec<String>,
-    /// Apps that were stopped or errored and were started again.
+    /// Apps that were stopped or errored and were started again (and, when the CLI's
+    /// `start <known app>` builds this reply, running ones it restarted).
     pub restarted: Vec<String>,
     /// Apps that were already running with the same spec.
     pub unchanged: Vec<String>,
@@ -440,6 +444,22 @@ pub struct StartResponse {
 /// A request naming a target: `all`, an instance id, an app name, or a namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetRequest {
+    /// The target as the user typed it.
+    pub target: String,
+}
+
+/// `POST /v1/apps/stop`, `restart`, `delete`: act on several targets at once. Every target must
+/// match something, or nothing is done (the error names each one that matched nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetsRequest {
+    /// The targets as the user typed them (each `all`, an id, an app name or a namespace); an
+    /// instance matched by several is acted on once.
+    pub targets: Vec<String>,
+}
+
+/// `POST /v1/apps/reset`: zero the restart counters of the target's instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetRequest {
     /// The target as the user typed it.
     pub target: String,
 }
@@ -473,7 +493,7 @@ pub struct ScaleRequest {
     pub to: ScaleTo,
 }
 
-/// Reply of stop, restart, delete, scale and kill: the instances affected, after the action.
+/// Reply of stop, restart, delete, reset, scale and kill: the instances affected, after the action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionResponse {
     /// Affected instances in their new state (empty for delete and kill).

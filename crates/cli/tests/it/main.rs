@@ -8,6 +8,8 @@
 //! - `apps`: app lifecycle through the CLI (start, list, crash, restart policy, stop, delete, scale).
 //! - `logs`: log capture, rotation, `logs`/`flush`/`reload-logs`, formats, disk problems.
 //! - `config`: ecosystem files through the CLI (errors change nothing, profiles, JSON).
+//! - `targets`: what commands act on: a known app's name before PATH, several targets, an
+//!   ecosystem file as the target of stop/restart/reload/delete, `reset`.
 //! - `cluster`: cluster mode, readiness and reload with real servers (Node, Python) on real sockets.
 //! - `http`: the load client those tests use.
 
@@ -18,3 +20,4 @@ mod daemon;
 mod harness;
 mod http;
 mod logs;
+mod targets;

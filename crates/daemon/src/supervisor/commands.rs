@@ -1,5 +1,5 @@
-//! The API's commands: start (new, unchanged or changed apps), stop, restart, delete, scale and
-//! kill, and the [`Pending`] continuations that finish a command once its instances have settled.
+//! The API's commands: start (new, unchanged or changed apps), stop, restart, delete, reset,
+//! scale and kill, and the [`Pending`] continuations that finish a command once its instances have settled.
 //! Every reply goes through the outbox, so it leaves after the snapshot is published.
 
 use std::sync::Arc;
@@ -28,9 +28,12 @@ impl Supervisor {
         debug!(?cmd, "command");
         match cmd {
             Command::Start { apps, reply } => self.start(apps, reply),
-            Command::Stop { target, reply } => self.with_targets(&target, reply, Then::Reply),
-            Command::Restart { target, reply } => self.with_targets(&target, reply, Then::Restart),
-            Command::Delete { target, reply } => self.with_targets(&target, reply, Then::Delete),
+            Command::Stop { targets, reply } => self.with_targets(&targets, reply, Then::Reply),
+            Command::Restart { targets, reply } => {
+                self.with_targets(&targets, reply, Then::Restart)
+            }
+            Command::Delete { targets, reply } => self.with_targets(&targets, reply, Then::Delete),
+            Command::Reset { target, reply } => self.reset(&target, reply),
             Command::Scale { request, reply } => self.scale(request, reply),
             Command::Reload { request, reply } => self.reload(request, reply),
             Command::Kill { reply } => {
@@ -43,17 +46,40 @@ impl Supervisor {
 
     fn with_targets(
         &mut self,
-        target: &str,
+        targets: &[String],
         reply: Reply<ActionResponse>,
         then: fn(Reply<ActionResponse>) -> Then,
     ) {
-        match self.resolve(target) {
+        match self.resolve_all(targets) {
             Ok(ids) => {
                 self.stop_ids(&ids);
                 self.pending.push(Pending::new(ids, then(reply)));
             }
             Err(e) => self.outbox.reply(reply, Err(e)),
         }
+    }
+
+    /// `reset <target>`: zero the ↺ and unstable-restart counts, as PM2's `reset`; nothing else
+    /// changes (a running instance keeps running, a backoff in progress keeps its delay).
+    fn reset(&mut self, target: &str, reply: Reply<ActionResponse>) {
+        let ids = match self.resolve(target) {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.outbox.reply(reply, Err(e));
+                return;
+            }
+        };
+        for id in &ids {
+            if let Some(p) = self.instances.get_mut(id) {
+                p.restarts = 0;
+                p.history.unstable_restarts = 0;
+            }
+        }
+        self.dirty = true;
+        info!(%target, instances = ids.len(), "counters reset");
+        let processes = self.infos(&ids);
+        self.outbox
+            .reply(reply, Ok(ActionResponse { processes, ids }));
     }
 
     fn start(&mut self, specs: Vec<AppSpec>, reply: Reply<StartResponse>) {

@@ -23,7 +23,8 @@
 //!
 //! # Layout
 //! - this file: the state types, [`Supervisor::run`] and the dispatch of inputs;
-//! - `commands`: start, stop, restart, delete, scale, kill, and the continuations that finish them;
+//! - `commands`: start, stop, restart, delete, reset, scale, kill, and the continuations that
+//!   finish them;
 //! - `exits`: spawning a run, what an exit means, stops that wait for the group and the pipes;
 //! - `timers`: the timer queue and what each timer does when due;
 //! - `snapshot`: the published [`Snapshot`], target resolution, the outbox of replies;
@@ -56,7 +57,7 @@ use crate::os::{Exit, Os};
 use crate::policy::{RestartHistory, RestartPolicy};
 use crate::process::Tracked;
 
-pub use snapshot::{Snapshot, resolve_target};
+pub use snapshot::{Snapshot, resolve_target, resolve_targets};
 
 use snapshot::Outbox;
 use timers::{TimerKey, Timers};
@@ -78,15 +79,21 @@ pub enum Command {
         apps: Vec<AppSpec>,
         reply: Reply<StartResponse>,
     },
+    /// Stop every instance the targets match (all of them must match something).
     Stop {
-        target: String,
+        targets: Vec<String>,
         reply: Reply<ActionResponse>,
     },
     Restart {
-        target: String,
+        targets: Vec<String>,
         reply: Reply<ActionResponse>,
     },
     Delete {
+        targets: Vec<String>,
+        reply: Reply<ActionResponse>,
+    },
+    /// Zero the restart counters (↺, unstable restarts) of the target's instances.
+    Reset {
         target: String,
         reply: Reply<ActionResponse>,
     },

@@ -94,6 +94,51 @@ pub fn resolve_target<'a>(
     Ok(ids)
 }
 
+/// Resolves several targets at once: the union of what each matches, in the order first met,
+/// each id once. A target that matches nothing fails the whole lot, the error naming every such
+/// target, so that `stop a typo c` does nothing rather than part of what was asked.
+pub fn resolve_targets<'a>(
+    targets: &[String],
+    procs: impl Iterator<Item = (u32, &'a str, &'a str)> + Clone,
+) -> Result<Vec<u32>, ApiError> {
+    if targets.is_empty() {
+        return Err(api_error(
+            ErrorKind::BadRequest,
+            "no target: name an app, an id, a namespace or `all`",
+        ));
+    }
+    let mut ids = Vec::new();
+    let mut unknown = Vec::new();
+    for target in targets {
+        match resolve_target(target, procs.clone()) {
+            Ok(found) => {
+                for id in found {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => unknown.push(format!("`{}`", target.trim())),
+            Err(e) => return Err(e),
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(ids);
+    }
+    let message = if targets.len() == 1 {
+        format!(
+            "no app, id or namespace matches {}; see `pm2rs list`",
+            unknown[0]
+        )
+    } else {
+        format!(
+            "no app, id or namespace matches {}; nothing was done (see `pm2rs list`)",
+            unknown.join(", ")
+        )
+    };
+    Err(api_error(ErrorKind::NotFound, &message))
+}
+
 pub(super) fn api_error(kind: ErrorKind, message: &str) -> ApiError {
     ApiError {
         kind,
@@ -131,16 +176,23 @@ impl Outbox {
 impl Supervisor {
     /// Resolves `target` against the instances.
     pub(super) fn resolve(&self, target: &str) -> Result<Vec<u32>, ApiError> {
-        resolve_target(
-            target,
-            self.instances.values().map(|p| {
-                let ns = self
-                    .apps
-                    .get(&p.app)
-                    .map_or("default", |a| a.spec.namespace.as_str());
-                (p.id, p.app.as_str(), ns)
-            }),
-        )
+        resolve_target(target, self.triples())
+    }
+
+    /// Resolves several targets against the instances (see [`resolve_targets`]).
+    pub(super) fn resolve_all(&self, targets: &[String]) -> Result<Vec<u32>, ApiError> {
+        resolve_targets(targets, self.triples())
+    }
+
+    /// `(id, app, namespace)` of every instance, what targets are resolved against.
+    fn triples(&self) -> impl Iterator<Item = (u32, &str, &str)> + Clone {
+        self.instances.values().map(|p| {
+            let ns = self
+                .apps
+                .get(&p.app)
+                .map_or("default", |a| a.spec.namespace.as_str());
+            (p.id, p.app.as_str(), ns)
+        })
     }
 
     pub(super) fn info(&self, p: &Instance) -> ProcessInfo {
@@ -243,6 +295,27 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::NotFound);
         assert_eq!(
             resolve_target(" ", t.iter().copied()).unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+    }
+
+    #[test]
+    fn several_targets_resolve_to_their_union_or_fail_naming_each_unknown_one() {
+        let t = triples();
+        let targets = |ts: &[&str]| ts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            resolve_targets(&targets(&["worker", "api", "1"]), t.iter().copied()).unwrap(),
+            vec![2, 0, 1]
+        );
+        let err = resolve_targets(&targets(&["api", "nope", "9"]), t.iter().copied()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        assert!(
+            err.message.contains("`nope`, `9`") && err.message.contains("nothing was done"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            resolve_targets(&[], t.iter().copied()).unwrap_err().kind,
             ErrorKind::BadRequest
         );
     }

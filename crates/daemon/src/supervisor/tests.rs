@@ -94,6 +94,14 @@ impl Rig {
         AppSpec::new(name, "/bin/true", self.dir.path())
     }
 
+    /// App `flaky`: a run shorter than 1 s is unstable, `max_restarts` of them in a row allowed.
+    fn flaky(&self, max_restarts: u32) -> AppSpec {
+        let mut spec = self.spec("flaky");
+        spec.max_restarts = max_restarts;
+        spec.min_uptime_ms = 1000;
+        spec
+    }
+
     /// Sends a command and waits for its reply, at most an hour of (paused) time: a reply that
     /// never comes fails the test instead of hanging it.
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApiError> {
@@ -130,7 +138,7 @@ impl Rig {
 
     async fn stop(&self, target: &str) -> ActionResponse {
         self.ask(|reply| Command::Stop {
-            target: target.into(),
+            targets: vec![target.into()],
             reply,
         })
         .await
@@ -288,7 +296,7 @@ async fn ids_start_from_zero_again_once_no_app_is_left() {
     spec.instances = 3;
     rig.start(spec).await;
     rig.ask(|reply| Command::Delete {
-        target: "first".into(),
+        targets: vec!["first".into()],
         reply,
     })
     .await
@@ -331,10 +339,7 @@ async fn exponential_backoff_grows_by_half_and_starts_over_after_a_stable_run() 
 #[tokio::test(start_paused = true)]
 async fn unstable_runs_beyond_max_restarts_end_errored_with_the_reason() {
     let mut rig = Rig::new();
-    let mut spec = rig.spec("flaky");
-    spec.max_restarts = 2;
-    spec.min_uptime_ms = 1000;
-    rig.start(spec).await;
+    rig.start(rig.flaky(2)).await;
     rig.crash_runs(0, 2, ms(200)).await;
     tokio::time::sleep(ms(200)).await;
     let pid = rig.pid(0);
@@ -349,6 +354,42 @@ async fn unstable_runs_beyond_max_restarts_end_errored_with_the_reason() {
     );
     assert_eq!(rig.os.spawn_times("flaky").len(), 3, "1 start + 2 restarts");
     assert_eq!(info.restarts, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_zeroes_the_counters_and_they_count_from_zero_again() {
+    let mut rig = Rig::new();
+    rig.start(rig.flaky(3)).await;
+    rig.crash_runs(0, 3, ms(200)).await;
+    let before = rig.info(0);
+    assert_eq!((before.restarts, before.unstable_restarts), (3, 3));
+    let reply = rig
+        .ask(|reply| Command::Reset {
+            target: "flaky".into(),
+            reply,
+        })
+        .await
+        .expect("reset");
+    assert_eq!(reply.ids, vec![0]);
+    let p = &reply.processes[0];
+    assert_eq!((p.restarts, p.unstable_restarts), (0, 0), "{p:?}");
+    // Nothing else moved: the same process runs on.
+    assert_eq!((p.status, p.pid), (Status::Online, before.pid));
+    // The unstable count starting over means 3 more unstable runs are allowed, not 0.
+    rig.crash_runs(0, 3, ms(200)).await;
+    let after = rig.info(0);
+    assert_eq!(
+        (after.status, after.restarts, after.unstable_restarts),
+        (Status::Online, 3, 3)
+    );
+    let unknown = rig
+        .ask(|reply| Command::Reset {
+            target: "nope".into(),
+            reply,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.kind, pm2rs_proto::ErrorKind::NotFound);
 }
 
 #[tokio::test(start_paused = true)]
