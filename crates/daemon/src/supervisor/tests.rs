@@ -830,6 +830,11 @@ async fn random_commands_and_exits_keep_the_invariants() {
         for step in 0..60 {
             let app = APPS[dice.below(3) as usize];
             let target = if dice.chance(10) { "all" } else { app };
+            // Stop, restart and delete take several targets, sometimes overlapping.
+            let mut targets = vec![target.to_string()];
+            if dice.chance(20) {
+                targets.push(APPS[dice.below(3) as usize].to_string());
+            }
             match dice.below(10) {
                 0 | 1 => {
                     let mut spec = rig.spec(app);
@@ -862,15 +867,15 @@ async fn random_commands_and_exits_keep_the_invariants() {
                     let (tx, rx) = oneshot::channel();
                     let cmd = match kind {
                         4 => Command::Stop {
-                            target: target.into(),
+                            targets: targets.clone(),
                             reply: tx,
                         },
                         5 => Command::Restart {
-                            target: target.into(),
+                            targets: targets.clone(),
                             reply: tx,
                         },
                         6 => Command::Delete {
-                            target: target.into(),
+                            targets: targets.clone(),
                             reply: tx,
                         },
                         7 => Command::Scale {
@@ -878,6 +883,10 @@ async fn random_commands_and_exits_keep_the_invariants() {
                                 name: app.into(),
                                 to: pm2rs_proto::ScaleTo::Exactly(1 + dice.below(3) as u32),
                             },
+                            reply: tx,
+                        },
+                        9 => Command::Reset {
+                            target: target.into(),
                             reply: tx,
                         },
                         _ => Command::Reload {
