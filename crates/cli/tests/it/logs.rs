@@ -583,3 +583,77 @@ fn bad_log_options_are_refused_with_file_line_and_key() {
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("PM2RS_LOG_RETAIN=\"-1\""));
 }
+
+#[test]
+fn log_files_exist_right_after_start_for_an_app_that_writes_nothing() {
+    let t = Pm2rs::new();
+    t.script("silent.sh", "exec sleep 1000");
+    t.write(
+        "eco.toml",
+        r#"
+[[apps]]
+name = "silent"
+script = "silent.sh"
+instances = 2
+log_file = "all.log"
+
+[[apps]]
+name = "nowhere"
+script = "silent.sh"
+error_file = "/dev/null/nowhere-error.log"
+"#,
+    );
+    t.ok(&["start", "eco.toml"]);
+    // The files are created by the drains, on a blocking thread, while `start` replies: they are
+    // there at once or within a few milliseconds of it (see docs/configuration.md, Logs).
+    let ids: Vec<u32> = t
+        .list()
+        .iter()
+        .filter(|p| p.name == "silent")
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let mut files = vec![];
+    for id in ids {
+        files.push(logs_dir(&t).join(format!("silent-out-{id}.log")));
+        files.push(logs_dir(&t).join(format!("silent-error-{id}.log")));
+        files.push(t.work().join(format!("all-{id}.log")));
+    }
+    files.push(logs_dir(&t).join("nowhere-out.log"));
+    let missing = || files.iter().filter(|f| !f.exists()).collect::<Vec<_>>();
+    assert!(
+        eventually(Duration::from_secs(2), || missing().is_empty()),
+        "missing after start: {:?}",
+        missing()
+    );
+    assert!(files.iter().all(|f| read(f).is_empty()));
+    // A file that cannot be created is a log problem, and the app runs anyway.
+    let mut desc = String::new();
+    assert!(
+        eventually(DEADLINE, || {
+            desc = t.ok(&["describe", "nowhere"]);
+            desc.contains("/dev/null/nowhere-error.log: ")
+        }),
+        "{desc}"
+    );
+    t.wait_online("nowhere", 1);
+}
+
+#[test]
+fn a_partial_line_is_written_after_a_short_quiet_time() {
+    let t = Pm2rs::new();
+    let follower = Follower::start(&t, &["logs", "prompt", "--raw", "--lines", "1"]);
+    t.script("prompt.sh", "printf 'Loading...'; exec sleep 1000");
+    t.ok(&["start", "prompt.sh", "--name", "prompt"]);
+    let out = logs_dir(&t).join("prompt-out.log");
+    assert!(
+        eventually(DEADLINE, || read(&out) == "Loading...\n"),
+        "the partial line is not in the file: {:?}",
+        read(&out)
+    );
+    // Written while the app still runs (the newline never comes), not at its exit.
+    assert_eq!(t.wait_online("prompt", 1)[0].restarts, 0);
+    follower.expect("Loading...");
+    kill(Pid::from_raw(follower.child.id() as i32), Signal::SIGINT).unwrap();
+    assert_eq!(follower.exit_code(), 0);
+}
