@@ -657,3 +657,65 @@ fn a_partial_line_is_written_after_a_short_quiet_time() {
     kill(Pid::from_raw(follower.child.id() as i32), Signal::SIGINT).unwrap();
     assert_eq!(follower.exit_code(), 0);
 }
+
+#[test]
+fn describe_shows_the_effective_log_rotation_and_where_it_comes_from() {
+    let t = Pm2rs::new();
+    t.script("idle.sh", "exec sleep 1000");
+    t.write(
+        "eco.toml",
+        r#"
+[[apps]]
+name = "plain"
+script = "idle.sh"
+
+[[apps]]
+name = "own"
+script = "idle.sh"
+log_max_size = "1M"
+log_compress = true
+"#,
+    );
+    // The CLI that starts the daemon passes its environment: the daemon's defaults.
+    let start = t
+        .command(&["start", "eco.toml"])
+        .env("PM2RS_LOG_RETAIN", "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_with_timeout(start, DEADLINE).expect("`pm2rs start` did not finish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotation = |name: &str| -> String {
+        let page = t.ok(&["describe", name]);
+        page.lines()
+            .find_map(|l| {
+                let cells: Vec<&str> = l.split('│').map(str::trim).collect();
+                (cells.len() == 4 && cells[1] == "log rotation").then(|| cells[2].to_string())
+            })
+            .unwrap_or_else(|| panic!("no rotation row:\n{page}"))
+    };
+    assert_eq!(
+        rotation("plain"),
+        "10M, keep 3 files, no gzip (daemon defaults)"
+    );
+    assert_eq!(
+        rotation("own"),
+        "1M (app config), keep 3 files (daemon default), gzip (app config)"
+    );
+    let json = t.ok(&["describe", "own", "--json"]);
+    let described: Vec<pm2rs_proto::Described> = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        described[0].log_rotation,
+        Some(pm2rs_proto::LogRotation {
+            max_size: 1 << 20,
+            retain: 3,
+            compress: true,
+        })
+    );
+}

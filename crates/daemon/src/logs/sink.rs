@@ -20,16 +20,8 @@ use std::time::{Duration, Instant};
 use pm2rs_proto::FileEnd;
 use tracing::{info, warn};
 
-/// How a file is rotated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rotation {
-    /// Rotate before the file would exceed this many bytes; 0 = never.
-    pub max_size: u64,
-    /// Rotated files kept.
-    pub retain: u32,
-    /// Gzip rotated files.
-    pub compress: bool,
-}
+/// How a file is rotated (the wire's type: `describe` shows it as it is).
+pub use pm2rs_proto::LogRotation as Rotation;
 
 /// How often a write checks that the path still leads to the open file.
 const PATH_CHECK: Duration = Duration::from_secs(1);
