@@ -642,6 +642,8 @@ error_file = "/dev/null/nowhere-error.log"
 #[test]
 fn a_partial_line_is_written_after_a_short_quiet_time() {
     let t = Pm2rs::new();
+    // The daemon first: two CLIs that both start it on a fresh home can trip over each other.
+    t.ok(&["ping"]);
     let follower = Follower::start(&t, &["logs", "prompt", "--raw", "--lines", "1"]);
     t.script("prompt.sh", "printf 'Loading...'; exec sleep 1000");
     t.ok(&["start", "prompt.sh", "--name", "prompt"]);
