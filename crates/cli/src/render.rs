@@ -369,24 +369,54 @@ fn list_table(
     table
 }
 
-/// `rotate at 10M, keep 5, gzip`; the daemon's defaults where the app sets nothing.
-fn log_rotation(l: &pm2rs_proto::LogSpec) -> String {
-    let size = match l.max_size {
-        Some(0) => return "off".to_string(),
-        Some(b) if b % (1 << 20) == 0 => format!("{}M", b >> 20),
-        Some(b) if b % (1 << 10) == 0 => format!("{}K", b >> 10),
-        Some(b) => format!("{b} bytes"),
-        None => "daemon default size".to_string(),
+/// The rotation a describe page shows: each effective value and where it comes from, `10M,
+/// keep 5 files, no gzip (daemon defaults)` or `1M (app config), keep 5 files (daemon default),
+/// …`. Without the effective values (a daemon that did not send them) the daemon's defaults are
+/// named, not shown.
+fn log_rotation(l: &pm2rs_proto::LogSpec, effective: Option<pm2rs_proto::LogRotation>) -> String {
+    let source = |set: bool| if set { "app config" } else { "daemon default" };
+    let size = effective.map(|r| r.max_size).or(l.max_size);
+    if size == Some(0) {
+        return format!("off ({})", source(l.max_size.is_some()));
+    }
+    let size = size.map_or_else(
+        || "daemon default size".to_string(),
+        |b| match b {
+            b if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+            b if b % (1 << 10) == 0 => format!("{}K", b >> 10),
+            b => format!("{b} bytes"),
+        },
+    );
+    let keep = match effective.map(|r| r.retain).or(l.retain) {
+        Some(1) => "keep 1 file".to_string(),
+        Some(n) => format!("keep {n} files"),
+        None => "keep the daemon default count".to_string(),
     };
-    let keep = l
-        .retain
-        .map_or_else(|| "default count".to_string(), |n| n.to_string());
-    let gzip = match l.compress {
-        Some(true) => ", gzip",
-        Some(false) => "",
-        None => ", gzip per daemon default",
+    let gzip = match effective.map(|r| r.compress).or(l.compress) {
+        Some(true) => "gzip",
+        Some(false) => "no gzip",
+        None => "gzip per daemon default",
     };
-    format!("at {size}, keep {keep}{gzip}")
+    let parts = [
+        (size, l.max_size.is_some()),
+        (keep, l.retain.is_some()),
+        (gzip.to_string(), l.compress.is_some()),
+    ];
+    if effective.is_none() {
+        return parts.map(|(text, _)| text).join(", ");
+    }
+    if parts.iter().all(|(_, set)| *set == parts[0].1) {
+        let all = if parts[0].1 {
+            "app config"
+        } else {
+            "daemon defaults"
+        };
+        let texts = parts.map(|(text, _)| text);
+        return format!("{} ({all})", texts.join(", "));
+    }
+    parts
+        .map(|(text, set)| format!("{text} ({})", source(set)))
+        .join(", ")
 }
 
 fn new_table(color: bool, dynamic: Option<u16>) -> Table {
@@ -520,7 +550,7 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
             "combined log path",
             d.combined_log.as_deref().map_or_else(dash, path),
         ),
-        ("log rotation", log_rotation(&s.logs)),
+        ("log rotation", log_rotation(&s.logs, d.log_rotation)),
         (
             "log problems",
             if d.log_problems.is_empty() {
@@ -844,6 +874,11 @@ mod tests {
             err_log: "/home/deploy/.pm2rs/logs/api-error-3.log".into(),
             combined_log: None,
             log_problems: vec!["/var/log/api.log: No space left on device (os error 28)".into()],
+            log_rotation: Some(pm2rs_proto::LogRotation {
+                max_size: 1 << 20,
+                retain: 5,
+                compress: false,
+            }),
         }
     }
 
@@ -1200,7 +1235,7 @@ mod tests {
             "/srv/app/ecosystem.toml",
             "api-out-3.log",
             "api-error-3.log",
-            "at 1M, keep default count, gzip per daemon default",
+            "1M (app config), keep 5 files",
             "No space left on device",
             "1.6s",
             "500ms",
@@ -1219,17 +1254,68 @@ mod tests {
         assert!(!out.contains("s3cret-value"), "{out}");
     }
 
+    /// The value of row `key` of a describe sheet drawn without wrapping.
+    fn sheet_row(out: &str, key: &str) -> String {
+        out.lines()
+            .find_map(|l| {
+                let cells: Vec<&str> = l.split('│').map(str::trim).collect();
+                (cells.len() == 4 && cells[1] == key).then(|| cells[2].to_string())
+            })
+            .unwrap_or_else(|| panic!("no row {key}:\n{out}"))
+    }
+
+    #[test]
+    fn describe_shows_the_effective_log_rotation_and_where_it_comes_from() {
+        let rotation = |d: &Described| sheet_row(&describe(d, &PLAIN_WIDE, NOW_US), "log rotation");
+        let mut d = described();
+        assert_eq!(
+            rotation(&d),
+            "1M (app config), keep 5 files (daemon default), no gzip (daemon default)"
+        );
+        d.spec.logs.max_size = None;
+        d.log_rotation = Some(pm2rs_proto::LogRotation {
+            max_size: 10 << 20,
+            retain: 5,
+            compress: false,
+        });
+        assert_eq!(rotation(&d), "10M, keep 5 files, no gzip (daemon defaults)");
+        d.spec.logs = pm2rs_proto::LogSpec {
+            max_size: Some(1536),
+            retain: Some(1),
+            compress: Some(true),
+            ..pm2rs_proto::LogSpec::unset()
+        };
+        d.log_rotation = Some(pm2rs_proto::LogRotation {
+            max_size: 1536,
+            retain: 1,
+            compress: true,
+        });
+        assert_eq!(rotation(&d), "1536 bytes, keep 1 file, gzip (app config)");
+        d.spec.logs.max_size = Some(0);
+        d.log_rotation = d
+            .log_rotation
+            .map(|r| pm2rs_proto::LogRotation { max_size: 0, ..r });
+        assert_eq!(rotation(&d), "off (app config)");
+        // A reply without the effective values: the app's own, the daemon's named.
+        d.spec.logs = pm2rs_proto::LogSpec::unset();
+        d.log_rotation = None;
+        assert_eq!(
+            rotation(&d),
+            "daemon default size, keep the daemon default count, gzip per daemon default"
+        );
+        let old: Described = serde_json::from_value({
+            let mut v = serde_json::to_value(described()).unwrap();
+            v.as_object_mut().unwrap().remove("log_rotation");
+            v
+        })
+        .unwrap();
+        assert_eq!(old.log_rotation, None);
+    }
+
     #[test]
     fn describe_key_value_rows() {
         let out = describe(&described(), &PLAIN_WIDE, NOW_US);
-        let row = |key: &str| -> String {
-            out.lines()
-                .find_map(|l| {
-                    let cells: Vec<&str> = l.split('│').map(str::trim).collect();
-                    (cells.len() == 4 && cells[1] == key).then(|| cells[2].to_string())
-                })
-                .unwrap_or_else(|| panic!("no row {key}:\n{out}"))
-        };
+        let row = |key: &str| sheet_row(&out, key);
         assert_eq!(row("status"), "online");
         assert_eq!(row("id"), "3");
         assert_eq!(row("pid"), "400003");

@@ -183,6 +183,7 @@ async fn describe(
         paths.extend(files.combined.as_deref());
         d.log_problems = state.logs.problems(&paths);
         d.combined_log = files.combined;
+        d.log_rotation = Some(state.logs.rotation(&d.spec));
     }
     Ok(Json(resp))
 }

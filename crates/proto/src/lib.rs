@@ -526,6 +526,21 @@ pub struct Described {
     /// Current problems writing its logs (a full disk, a file that cannot be opened), if any.
     #[serde(default)]
     pub log_problems: Vec<String>,
+    /// The rotation its files get: the app's own settings over the daemon's defaults (`None`
+    /// from a daemon that did not say). Which values are the app's: those `spec.logs` sets.
+    #[serde(default)]
+    pub log_rotation: Option<LogRotation>,
+}
+
+/// How a log file is rotated, every value resolved (the app's, else the daemon's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRotation {
+    /// Rotate before the file would exceed this many bytes; 0 = never.
+    pub max_size: u64,
+    /// Rotated files kept.
+    pub retain: u32,
+    /// Gzip rotated files.
+    pub compress: bool,
 }
 
 /// Which output of a process a line came from.

@@ -583,3 +583,141 @@ fn bad_log_options_are_refused_with_file_line_and_key() {
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("PM2RS_LOG_RETAIN=\"-1\""));
 }
+
+#[test]
+fn log_files_exist_right_after_start_for_an_app_that_writes_nothing() {
+    let t = Pm2rs::new();
+    t.script("silent.sh", "exec sleep 1000");
+    t.write(
+        "eco.toml",
+        r#"
+[[apps]]
+name = "silent"
+script = "silent.sh"
+instances = 2
+log_file = "all.log"
+
+[[apps]]
+name = "nowhere"
+script = "silent.sh"
+error_file = "/dev/null/nowhere-error.log"
+"#,
+    );
+    t.ok(&["start", "eco.toml"]);
+    // The files are created by the drains, on a blocking thread, while `start` replies: they are
+    // there at once or within a few milliseconds of it (see docs/configuration.md, Logs).
+    let ids: Vec<u32> = t
+        .list()
+        .iter()
+        .filter(|p| p.name == "silent")
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let mut files = vec![];
+    for id in ids {
+        files.push(logs_dir(&t).join(format!("silent-out-{id}.log")));
+        files.push(logs_dir(&t).join(format!("silent-error-{id}.log")));
+        files.push(t.work().join(format!("all-{id}.log")));
+    }
+    files.push(logs_dir(&t).join("nowhere-out.log"));
+    let missing = || files.iter().filter(|f| !f.exists()).collect::<Vec<_>>();
+    assert!(
+        eventually(Duration::from_secs(2), || missing().is_empty()),
+        "missing after start: {:?}",
+        missing()
+    );
+    assert!(files.iter().all(|f| read(f).is_empty()));
+    // A file that cannot be created is a log problem, and the app runs anyway.
+    let mut desc = String::new();
+    assert!(
+        eventually(DEADLINE, || {
+            desc = t.ok(&["describe", "nowhere"]);
+            desc.contains("/dev/null/nowhere-error.log: ")
+        }),
+        "{desc}"
+    );
+    t.wait_online("nowhere", 1);
+}
+
+#[test]
+fn a_partial_line_is_written_after_a_short_quiet_time() {
+    let t = Pm2rs::new();
+    // The daemon first: two CLIs that both start it on a fresh home can trip over each other.
+    t.ok(&["ping"]);
+    let follower = Follower::start(&t, &["logs", "prompt", "--raw", "--lines", "1"]);
+    t.script("prompt.sh", "printf 'Loading...'; exec sleep 1000");
+    t.ok(&["start", "prompt.sh", "--name", "prompt"]);
+    let out = logs_dir(&t).join("prompt-out.log");
+    assert!(
+        eventually(DEADLINE, || read(&out) == "Loading...\n"),
+        "the partial line is not in the file: {:?}",
+        read(&out)
+    );
+    // Written while the app still runs (the newline never comes), not at its exit.
+    assert_eq!(t.wait_online("prompt", 1)[0].restarts, 0);
+    follower.expect("Loading...");
+    kill(Pid::from_raw(follower.child.id() as i32), Signal::SIGINT).unwrap();
+    assert_eq!(follower.exit_code(), 0);
+}
+
+#[test]
+fn describe_shows_the_effective_log_rotation_and_where_it_comes_from() {
+    let t = Pm2rs::new();
+    t.script("idle.sh", "exec sleep 1000");
+    t.write(
+        "eco.toml",
+        r#"
+[[apps]]
+name = "plain"
+script = "idle.sh"
+
+[[apps]]
+name = "own"
+script = "idle.sh"
+log_max_size = "1M"
+log_compress = true
+"#,
+    );
+    // The CLI that starts the daemon passes its environment: the daemon's defaults.
+    let start = t
+        .command(&["start", "eco.toml"])
+        .env("PM2RS_LOG_RETAIN", "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_with_timeout(start, DEADLINE).expect("`pm2rs start` did not finish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotation = |name: &str| -> String {
+        let page = t.ok(&["describe", name]);
+        page.lines()
+            .find_map(|l| {
+                let cells: Vec<&str> = l.split('│').map(str::trim).collect();
+                (cells.len() == 4 && cells[1] == "log rotation").then(|| cells[2].to_string())
+            })
+            .unwrap_or_else(|| panic!("no rotation row:\n{page}"))
+    };
+    assert_eq!(
+        rotation("plain"),
+        "10M, keep 3 files, no gzip (daemon defaults)"
+    );
+    assert_eq!(
+        rotation("own"),
+        "1M (app config), keep 3 files (daemon default), gzip (app config)"
+    );
+    let json = t.ok(&["describe", "own", "--json"]);
+    let described: Vec<pm2rs_proto::Described> = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        described[0].log_rotation,
+        Some(pm2rs_proto::LogRotation {
+            max_size: 1 << 20,
+            retain: 3,
+            compress: true,
+        })
+    );
+}

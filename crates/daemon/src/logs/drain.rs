@@ -4,9 +4,14 @@
 //! holding memory, reads up to [`CHUNK`] bytes, cuts at the last newline, and hands the whole
 //! lines to a blocking thread to write. It reads nothing more until that write is done, so a slow
 //! disk fills the pipe and blocks the app (back-pressure) instead of growing the daemon. A
-//! partial line waits at the front of the buffer for its end; a line longer than `max_line` is
-//! written in pieces of that size, each ended by a newline. At end of file (every writer of the
+//! partial line waits at the front of the buffer for its end, but no longer than [`QUIET`] without
+//! a new byte on the pipe: then it is written as a line of its own (a newline added, its own
+//! timestamp or JSON record), and what comes next starts a new line. A line longer than `max_line`
+//! is written in pieces of that size, each ended by a newline. At end of file (every writer of the
 //! pipe is gone, grandchildren included) a partial last line is written with a newline added.
+//!
+//! The files are created before the first read (on a blocking thread), so they exist from the
+//! start even for an app that writes nothing.
 //!
 //! # Watched and paced
 //! An idle pipe is *watched*: registered with the runtime's epoll, so its next byte wakes the
@@ -30,6 +35,7 @@ use pm2rs_proto::{FileEnd, LogStream};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
@@ -59,6 +65,10 @@ pub const BIG_PIPES_MAX: usize = 16;
 /// An enlarged pipe left empty this long is shrunk back to its first size, and its share of
 /// [`BIG_PIPES_MAX`] given back.
 const SHRINK_AFTER: Duration = Duration::from_secs(1);
+
+/// A partial line (no newline yet: a prompt, `Loading...`) is written, as a line of its own, once
+/// its pipe has given no byte for this long; a line whose newline comes sooner is never split.
+pub const QUIET: Duration = Duration::from_millis(100);
 
 /// The first and longest wait before a failed write is retried (a full disk, a missing mount).
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -200,11 +210,15 @@ enum Fill {
 impl Drain {
     /// Reads `pipe` (non-blocking) until end of file; every byte read ends up in the sinks.
     pub async fn run(self, pipe: OwnedFd) {
+        self.open_sinks().await;
         let mut pipe = Pipe::Paced(pipe).watch();
         let mut buf: Vec<u8> = Vec::new();
         let mut big: Option<BigPipe> = None;
         let mut refused = false;
         let mut last = Fill::Empty;
+        // When the pipe last gave bytes: a partial line is written once it has been quiet for
+        // `QUIET`.
+        let mut last_bytes = Instant::now();
         loop {
             if buf.is_empty() && matches!(pipe, Pipe::Watched(_)) {
                 // Idle: hold no buffer while waiting. A paced pipe keeps its buffer for the next
@@ -212,27 +226,37 @@ impl Drain {
                 buf = Vec::new();
             }
             let before = buf.len();
+            // Set when a partial line has waited `QUIET` for more bytes.
+            let mut quiet = false;
             let fill = match &pipe {
                 Pipe::Watched(fd) => {
-                    let ready = if big.is_some() {
-                        match tokio::time::timeout(SHRINK_AFTER, fd.readable()).await {
-                            Ok(ready) => ready,
-                            Err(_idle) => {
-                                big = big.and_then(|b| b.shrink(fd.get_ref().as_fd()).err());
-                                continue;
+                    // A pending partial line bounds the wait, and so does an enlarged pipe.
+                    let partial_due = (!buf.is_empty()).then(|| last_bytes + QUIET);
+                    let shrink_due = big.as_ref().map(|_| Instant::now() + SHRINK_AFTER);
+                    let waited = match partial_due.into_iter().chain(shrink_due).min() {
+                        Some(due) => tokio::time::timeout_at(due, fd.readable()).await.ok(),
+                        None => Some(fd.readable().await),
+                    };
+                    match waited {
+                        Some(Ok(mut ready)) => {
+                            let fill = self.fill(pipe.fd(), &mut buf);
+                            if matches!(fill, Ok(Fill::Empty)) {
+                                ready.clear_ready();
                             }
+                            fill
                         }
-                    } else {
-                        fd.readable().await
-                    };
-                    let Ok(mut ready) = ready else {
-                        break;
-                    };
-                    let fill = self.fill(pipe.fd(), &mut buf);
-                    if matches!(fill, Ok(Fill::Empty)) {
-                        ready.clear_ready();
+                        Some(Err(_)) => break,
+                        None if partial_due.is_some_and(|due| due <= Instant::now()) => {
+                            // One last look, so bytes that came meanwhile (while the runtime
+                            // was busy) do not count as quiet.
+                            quiet = true;
+                            self.fill(pipe.fd(), &mut buf)
+                        }
+                        None => {
+                            big = big.and_then(|b| b.shrink(fd.get_ref().as_fd()).err());
+                            continue;
+                        }
                     }
-                    fill
                 }
                 Pipe::Paced(fd) => {
                     if last != Fill::Full {
@@ -246,6 +270,9 @@ impl Drain {
                 Fill::Eof
             });
             let got = buf.len() - before;
+            if got > 0 {
+                last_bytes = Instant::now();
+            }
             pipe = match (pipe, last) {
                 (p @ Pipe::Watched(_), Fill::Empty) if got > 0 && got < TRICKLE => p.pace(),
                 (p @ Pipe::Paced(_), Fill::Empty) if got == 0 => p.watch(),
@@ -260,13 +287,35 @@ impl Drain {
                 }
             }
             let eof = last == Fill::Eof;
-            let cut = self.cut(&buf, eof);
+            // A partial line that got nothing more in `QUIET` is written as it is.
+            let cut = self.cut(&buf, eof || quiet && got == 0);
             if cut > 0 {
                 buf = self.emit(buf, cut).await;
             }
             if eof {
                 break;
             }
+        }
+    }
+
+    /// Creates the files before anything is written (on a blocking thread, like every write);
+    /// one that cannot be created shows as its sink's problem and is tried again at the first
+    /// write.
+    async fn open_sinks(&self) {
+        let sinks = self.sinks.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            for sink in &sinks {
+                if let Err(e) = lock_sink(sink).open_now() {
+                    debug!(%e, "a log file could not be created at start");
+                }
+            }
+        })
+        .await;
+        if opened.is_err() {
+            debug!(
+                id = self.id,
+                "log files not created: the blocking pool is shutting down"
+            );
         }
     }
 
@@ -296,9 +345,10 @@ impl Drain {
     }
 
     /// How many leading bytes of `buf` to write now: up to the last newline, a `max_line` piece
-    /// of an over-long line, or everything at end of file.
-    fn cut(&self, buf: &[u8], eof: bool) -> usize {
-        if eof {
+    /// of an over-long line, or everything when `all` (end of file, or a partial line that got
+    /// nothing more for [`QUIET`]).
+    fn cut(&self, buf: &[u8], all: bool) -> usize {
+        if all {
             return buf.len();
         }
         match memchr::memrchr(b'\n', buf) {
@@ -468,6 +518,7 @@ mod tests {
     use std::io::Write as _;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
+    use std::path::PathBuf;
     use std::sync::atomic::AtomicBool;
     use std::time::Instant;
 
@@ -702,6 +753,131 @@ mod tests {
         let errors = hub.flush_blocking(&[(file.clone(), 0)]);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
+    }
+
+    /// Writes `bytes` into a pipe's write end (small writes: the pipe never fills).
+    fn put(pipe: &OwnedFd, bytes: &[u8]) {
+        std::fs::File::from(pipe.try_clone().unwrap())
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_partial_line_is_written_as_a_line_and_followers_get_it() {
+        let (dir, hub) = hub();
+        let mut follower = hub.follow();
+        let (out, err, capture) = capture(&hub, "prompt");
+        let drained = hub.start(capture, std::process::id());
+        let file = dir.path().join("prompt-out.log");
+        let written = tokio::time::Instant::now();
+        put(&out, b"Loading...");
+        until("the partial line is in the file", || {
+            std::fs::read_to_string(&file).is_ok_and(|t| t == "Loading...\n")
+        })
+        .await;
+        assert!(
+            written.elapsed() >= QUIET,
+            "written before the pipe was quiet"
+        );
+        let batch = follower.recv().await.unwrap();
+        assert_eq!(batch.lines, b"Loading...");
+        // The rest of the line comes later: a line of its own.
+        put(&out, b" done\n");
+        until("the rest is in the file", || {
+            std::fs::read_to_string(&file).is_ok_and(|t| t == "Loading...\n done\n")
+        })
+        .await;
+        assert_eq!(follower.recv().await.unwrap().lines, b" done\n");
+        drop((out, err));
+        until("both pipes are drained", || drained.is_done()).await;
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "Loading...\n done\n"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_line_whose_pieces_come_within_the_quiet_time_stays_whole() {
+        let (dir, hub) = hub();
+        let (out, err, capture) = capture(&hub, "slow");
+        let drained = hub.start(capture, std::process::id());
+        let file = dir.path().join("slow-out.log");
+        // Each piece comes just before the last one would be written alone: the quiet time counts
+        // from the newest byte, not from the start of the line.
+        let gap = QUIET - Duration::from_millis(10);
+        for piece in [&b"one "[..], b"two ", b"three"] {
+            put(&out, piece);
+            tokio::time::sleep(gap).await;
+        }
+        put(&out, b"\nfour\n");
+        until("the lines are in the file", || {
+            std::fs::read_to_string(&file).is_ok_and(|t| t.ends_with("four\n"))
+        })
+        .await;
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "one two three\nfour\n"
+        );
+        drop((out, err));
+        until("both pipes are drained", || drained.is_done()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_partial_line_is_its_own_json_record() {
+        let (dir, hub) = hub();
+        let mut spec = AppSpec::new("records", "/bin/true", "/");
+        spec.logs.json = true;
+        let (out, err, capture) = hub.capture(Arc::new(spec), 0).unwrap();
+        let drained = hub.start(capture, std::process::id());
+        put(&out, b"Loading...");
+        let file = dir.path().join("records-out.log");
+        until("the partial line is a record", || {
+            std::fs::read_to_string(&file).is_ok_and(|t| t.ends_with('\n'))
+        })
+        .await;
+        put(&out, b"done\n");
+        drop((out, err));
+        until("both pipes are drained", || drained.is_done()).await;
+        let messages: Vec<String> = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let record: serde_json::Value = serde_json::from_str(l).unwrap();
+                record["message"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(messages, ["Loading...", "done"]);
+    }
+
+    #[tokio::test]
+    async fn files_exist_before_anything_is_written_and_one_that_cannot_be_is_a_problem() {
+        let (dir, hub) = hub();
+        let mut spec = AppSpec::new("quiet", "/bin/true", "/");
+        spec.logs.log_file = Some(dir.path().join("sub/quiet-all.log"));
+        // A directory cannot be made under a device file.
+        spec.logs.error_file = Some(PathBuf::from("/dev/null/quiet-error.log"));
+        let files = crate::logs::paths(dir.path(), &spec, 0);
+        let (out, err, capture) = hub.capture(Arc::new(spec), 0).unwrap();
+        let drained = hub.start(capture, std::process::id());
+        let combined = files.combined.clone().unwrap();
+        until("the out and combined files exist", || {
+            files.out.exists() && combined.exists()
+        })
+        .await;
+        until("the error file's problem is reported", || {
+            let problems = hub.problems(&[files.err.as_path()]);
+            problems.len() == 1 && problems[0].contains("/dev/null/quiet-error.log")
+        })
+        .await;
+        assert_eq!(std::fs::read_to_string(&files.out).unwrap(), "");
+        // The app is not held by it: stdout still gets through.
+        put(&out, b"still here\n");
+        until("stdout is written", || {
+            std::fs::read_to_string(&files.out).is_ok_and(|t| t == "still here\n")
+        })
+        .await;
+        drop((out, err));
+        until("both pipes are drained", || drained.is_done()).await;
     }
 
     #[test]

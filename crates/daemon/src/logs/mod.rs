@@ -50,7 +50,8 @@ pub struct Batch {
     pub namespace: Arc<str>,
     pub stream: LogStream,
     pub at_us: u64,
-    /// Whole lines; the last may lack its newline (end of file, or a piece of an over-long line).
+    /// Whole lines; the last may lack its newline (end of file, a piece of an over-long line, or
+    /// a partial line written after `drain::QUIET` without a new byte).
     pub lines: Vec<u8>,
     /// Where the stream's own file ended once these lines were written to it.
     pub file_end: Option<FileEnd>,

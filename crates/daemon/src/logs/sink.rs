@@ -20,16 +20,8 @@ use std::time::{Duration, Instant};
 use pm2rs_proto::FileEnd;
 use tracing::{info, warn};
 
-/// How a file is rotated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rotation {
-    /// Rotate before the file would exceed this many bytes; 0 = never.
-    pub max_size: u64,
-    /// Rotated files kept.
-    pub retain: u32,
-    /// Gzip rotated files.
-    pub compress: bool,
-}
+/// How a file is rotated (the wire's type: `describe` shows it as it is).
+pub use pm2rs_proto::LogRotation as Rotation;
 
 /// How often a write checks that the path still leads to the open file.
 const PATH_CHECK: Duration = Duration::from_secs(1);
@@ -55,7 +47,8 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// A sink for `path`; the file is opened (created, with its directory) at the first write.
+    /// A sink for `path`; the file is opened (created, with its directory) by [`Sink::open_now`]
+    /// or at the first write.
     pub fn new(path: PathBuf, rotation: Rotation, generation: Arc<AtomicU64>) -> Sink {
         let seen_generation = generation.load(Ordering::Relaxed);
         Sink {
@@ -103,7 +96,23 @@ impl Sink {
     pub fn write(&mut self, data: &[u8]) -> Result<(), (usize, io::Error)> {
         let mut done = 0;
         let result = self.write_inner(data, &mut done);
-        match &result {
+        self.note(&result);
+        result.map_err(|e| (done, e))
+    }
+
+    /// Creates the file (and its directory) now if it is not open yet, so it exists before
+    /// anything is written (people `tail -f` it right after `start`). A failure is the sink's
+    /// current problem, exactly as a failed write's; the next write tries again.
+    pub fn open_now(&mut self) -> io::Result<()> {
+        let result = self.check_open();
+        self.note(&result);
+        result
+    }
+
+    /// Records the outcome of an attempt to open or write the file as the current problem (or its
+    /// end), logged once when it appears and once when it clears.
+    fn note(&mut self, result: &io::Result<()>) {
+        match result {
             Ok(()) => {
                 if let Some(old) = self.problem.take()
                     && !self.quiet
@@ -119,7 +128,6 @@ impl Sink {
                 self.problem = Some(text);
             }
         }
-        result.map_err(|e| (done, e))
     }
 
     fn write_inner(&mut self, data: &[u8], done: &mut usize) -> io::Result<()> {

@@ -44,6 +44,7 @@ impl Snapshot {
                 err_log: err_log.clone(),
                 combined_log: None,
                 log_problems: Vec::new(),
+                log_rotation: None,
             });
         }
         Ok(DescribeResponse { processes: out })
