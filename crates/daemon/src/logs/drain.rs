@@ -10,8 +10,8 @@
 //! is written in pieces of that size, each ended by a newline. At end of file (every writer of the
 //! pipe is gone, grandchildren included) a partial last line is written with a newline added.
 //!
-//! The files are created before the first read (on a blocking thread), so they exist from the
-//! start even for an app that writes nothing.
+//! The files are created when the run starts (by the hub, on a blocking thread, one job for all
+//! the runs of a step), so they exist from the start even for an app that writes nothing.
 //!
 //! # Watched and paced
 //! An idle pipe is *watched*: registered with the runtime's epoll, so its next byte wakes the
@@ -210,7 +210,6 @@ enum Fill {
 impl Drain {
     /// Reads `pipe` (non-blocking) until end of file; every byte read ends up in the sinks.
     pub async fn run(self, pipe: OwnedFd) {
-        self.open_sinks().await;
         let mut pipe = Pipe::Paced(pipe).watch();
         let mut buf: Vec<u8> = Vec::new();
         let mut big: Option<BigPipe> = None;
@@ -295,27 +294,6 @@ impl Drain {
             if eof {
                 break;
             }
-        }
-    }
-
-    /// Creates the files before anything is written (on a blocking thread, like every write);
-    /// one that cannot be created shows as its sink's problem and is tried again at the first
-    /// write.
-    async fn open_sinks(&self) {
-        let sinks = self.sinks.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            for sink in &sinks {
-                if let Err(e) = lock_sink(sink).open_now() {
-                    debug!(%e, "a log file could not be created at start");
-                }
-            }
-        })
-        .await;
-        if opened.is_err() {
-            debug!(
-                id = self.id,
-                "log files not created: the blocking pool is shutting down"
-            );
         }
     }
 

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::Duration;
 
@@ -228,6 +228,11 @@ struct Inner {
     closing: CancellationToken,
     /// Pipes the drains have enlarged, now (`drain::BIG_PIPES_MAX` at most).
     big_pipes: Arc<AtomicUsize>,
+    /// Files of runs started since the last creation job, to be created (see
+    /// [`LogHub::create_files`]); at most the files of the runs started in one supervisor step.
+    to_create: Mutex<Vec<Weak<Mutex<Sink>>>>,
+    /// Whether a creation job is already scheduled.
+    creating: AtomicBool,
 }
 
 impl LogHub {
@@ -243,6 +248,8 @@ impl LogHub {
                 drain_ended: Notify::new(),
                 closing: CancellationToken::new(),
                 big_pipes: Arc::new(AtomicUsize::new(0)),
+                to_create: Mutex::new(Vec::new()),
+                creating: AtomicBool::new(false),
             }),
         }
     }
@@ -309,12 +316,14 @@ impl LogHub {
             open: Arc::new(AtomicUsize::new(2)),
             written: Arc::new(AtomicU64::new(0)),
         };
+        let mut created = Vec::with_capacity(3);
         for (read, path, stream) in [
             (out_read, &files.out, LogStream::Out),
             (err_read, &files.err, LogStream::Err),
         ] {
             let mut sinks = vec![self.sink(path, rotation)];
             sinks.extend(combined.clone());
+            created.extend(sinks.iter().map(Arc::downgrade));
             let drain = Drain {
                 id,
                 pid,
@@ -338,7 +347,36 @@ impl LogHub {
                 inner.drain_ended.notify_one();
             });
         }
+        self.create_files(created);
         drained
+    }
+
+    /// Creates these files now, so they exist from the start even for an app that writes
+    /// nothing (as PM2 does). One blocking job creates the files of every run started before it
+    /// runs: it is spawned as a task, which runs once the supervisor's current step is over, so
+    /// starting 100 instances costs one job, not 200. A file that cannot be created becomes its
+    /// sink's problem (shown by `describe`) and is tried again at the first write.
+    fn create_files(&self, sinks: Vec<Weak<Mutex<Sink>>>) {
+        lock(&self.inner.to_create).extend(sinks);
+        if self.inner.creating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let sinks = std::mem::take(&mut *lock(&inner.to_create));
+            inner.creating.store(false, Ordering::Release);
+            let created = tokio::task::spawn_blocking(move || {
+                for sink in sinks.iter().filter_map(Weak::upgrade) {
+                    if let Err(e) = lock_sink(&sink).open_now() {
+                        debug!(%e, "a log file could not be created at start");
+                    }
+                }
+            })
+            .await;
+            if created.is_err() {
+                debug!("log files not created: the blocking pool is shutting down");
+            }
+        });
     }
 
     /// Resolves when some drain has ended since the last call (a stored wake-up counts).
