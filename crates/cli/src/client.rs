@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use http_body_util::{BodyExt, Full};
@@ -60,12 +60,25 @@ impl Client {
             Some(c) => Ok(c),
             None => {
                 start_daemon(home)?;
-                Self::connect(home).await?.ok_or_else(|| {
-                    anyhow!(
-                        "the daemon started but its socket does not answer; see {}/pm2rs.log",
-                        home.display()
-                    )
-                })
+                // Our daemon answers at once (it said `ready` after binding). When another CLI's
+                // daemon won the home's lock, ours exited and the winner may still be starting:
+                // its socket answers once it is ready, within the start timeout.
+                let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+                let mut pause = Duration::from_millis(1);
+                loop {
+                    if let Some(c) = Self::connect(home).await? {
+                        return Ok(c);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(anyhow!(
+                            "the daemon started but its socket does not answer within {}s; see {}",
+                            DAEMON_START_TIMEOUT.as_secs(),
+                            home.join(pm2rs_proto::DAEMON_LOG_FILE).display()
+                        ));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
             }
         }
     }

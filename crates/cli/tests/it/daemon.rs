@@ -246,3 +246,33 @@ fn sigterm_to_the_daemon_stops_every_app_then_the_daemon() {
     assert!(!t.home().join("pm2rs.sock").exists(), "socket left behind");
     assert!(!t.home().join("pm2rs.pid").exists(), "pid file left behind");
 }
+
+#[test]
+fn several_first_commands_at_once_share_one_daemon() {
+    // Each call finds no daemon and starts one; one wins the home's lock, the others' daemons
+    // exit at once ("already runs") and their CLIs must wait for the winner's socket. A shell
+    // starts the calls within microseconds of each other, as `pm2rs ping & pm2rs ping` does.
+    for round in 0..5 {
+        let t = Pm2rs::new();
+        let mut race = std::process::Command::new("sh");
+        race.arg("-c")
+            .arg(r#"p() { "$0" ping >/dev/null 2>err.$1 || cat err.$1; }; p 1 & p 2 & p 3 & p 4 & wait"#)
+            .arg(env!("CARGO_BIN_EXE_pm2rs"))
+            .env("PM2RS_HOME", t.home())
+            .current_dir(t.work())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = wait_with_timeout(race.spawn().expect("sh"), Duration::from_secs(60))
+            .expect("the pings end");
+        let failed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            failed.trim().is_empty(),
+            "round {round}: pings failed:\n{failed}"
+        );
+        let pid = t.daemon_pid().expect("one daemon");
+        assert!(alive(pid));
+        let out = t.ok(&["ping"]);
+        assert!(out.contains(&pid.to_string()), "{out}");
+    }
+}
