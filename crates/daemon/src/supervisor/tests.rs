@@ -586,6 +586,26 @@ async fn an_escaped_process_holding_the_pipes_holds_stop_for_the_pipe_grace_only
 }
 
 #[tokio::test(start_paused = true)]
+async fn output_from_an_escaped_process_extends_the_pipe_grace() {
+    let rig = Rig::new();
+    let pid = rig.start_behaving(rig.spec("escapee"), ESCAPES).await;
+    let os = rig.os.clone();
+    // Still writing 600 ms into the stop: the grace counts from the last byte written.
+    later(ms(600), move || {
+        assert!(os.write_stdout(pid, b"still here\n"))
+    });
+    let (_, held) = rig.timed_stop("escapee").await;
+    assert!(
+        held >= ms(600) + exits::PIPE_GRACE
+            && held <= ms(600) + exits::PIPE_GRACE + timers::DRAIN_RECHECK * 2,
+        "stop took {held:?}"
+    );
+    let log =
+        std::fs::read_to_string(rig.dir.path().join("logs/escapee-out.log")).expect("the out log");
+    assert_eq!(log, "still here\n");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stop_ends_as_soon_as_the_escaped_pipes_close() {
     let rig = Rig::new();
     let pid = rig.start_behaving(rig.spec("escapee"), ESCAPES).await;
