@@ -218,7 +218,7 @@ impl Os for RealOs {
     fn watch(&mut self, tracked: Tracked) -> io::Result<()> {
         let reaper = self.reaper.clone();
         let mut watched = lock(&reaper.watched);
-        let child = process_parent(tracked.pid) == Some(Pid::this());
+        let child = process::parent(tracked.pid) == Some(Pid::this());
         self.watch_locked(&mut watched, tracked, child)
     }
 
@@ -364,17 +364,6 @@ fn pidfds_supported() -> bool {
     }
 }
 
-/// The parent of `pid` (field 4 of `/proc/<pid>/stat`).
-fn process_parent(pid: Pid) -> Option<Pid> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-        .map(Pid::from_raw)
-}
-
 async fn sleep_opt(d: Option<Duration>) {
     match d {
         Some(d) => tokio::time::sleep(d).await,
@@ -447,7 +436,7 @@ mod tests {
     async fn a_process_that_is_not_our_child_is_watched_with_an_unknown_status() {
         // `sh` starts a sleeper in the background and exits: the sleeper is nobody's child here.
         let out = std::process::Command::new("sh")
-            .args(["-c", "sleep 0.3 >/dev/null 2>&1 & echo $!"])
+            .args(["-c", "sleep 1 >/dev/null 2>&1 & echo $!"])
             .output()
             .expect("sh");
         let pid: i32 = String::from_utf8_lossy(&out.stdout)

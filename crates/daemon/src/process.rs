@@ -137,6 +137,11 @@ pub fn stat_sample(pid: Pid) -> Option<StatSample> {
     })
 }
 
+/// The parent of `pid` (field 4 of `/proc/<pid>/stat`), or None if the process is gone.
+pub fn parent(pid: Pid) -> Option<Pid> {
+    stat_field(pid, 4)?.parse().ok().map(Pid::from_raw)
+}
+
 /// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
 pub fn start_ticks(pid: Pid) -> Option<u64> {
     stat_field(pid, 22)?.parse().ok()

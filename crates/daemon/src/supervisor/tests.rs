@@ -31,6 +31,27 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// Only SIGKILL ends it.
+const STUBBORN: Behaviour = Behaviour {
+    ignores_stop: true,
+    ..ORDINARY
+};
+
+/// A process outside the group keeps the log pipes open.
+const ESCAPES: Behaviour = Behaviour {
+    pipes_escape: true,
+    ..ORDINARY
+};
+
+const ORDINARY: Behaviour = Behaviour {
+    pipes_escape: false,
+    ignores_stop: false,
+    leaves_member: false,
+    member_closed_stdio: false,
+    member_survives_kill: false,
+    spawn_fails: false,
+};
+
 /// A supervisor running on the fake OS, and the test's ends of its channels.
 struct Rig {
     commands: mpsc::Sender<Command>,
@@ -232,15 +253,7 @@ async fn a_stop_sends_the_kill_signal_then_sigkill_after_kill_timeout() {
     let mut spec = rig.spec("stubborn");
     spec.kill_signal = "SIGTERM".into();
     spec.kill_timeout_ms = 2500;
-    let pid = rig
-        .start_behaving(
-            spec,
-            Behaviour {
-                ignores_stop: true,
-                ..Behaviour::default()
-            },
-        )
-        .await;
+    let pid = rig.start_behaving(spec, STUBBORN).await;
     let t0 = Instant::now();
     let reply = rig.stop("stubborn").await;
     assert_eq!(reply.processes[0].status, Status::Stopped);
@@ -473,15 +486,7 @@ async fn the_watchdog_does_not_fire_while_an_instance_is_stopping() {
     let mut spec = rig.spec("dog");
     spec.watchdog_timeout_ms = Some(1000);
     spec.kill_timeout_ms = 5000;
-    let pid = rig
-        .start_behaving(
-            spec,
-            Behaviour {
-                ignores_stop: true,
-                ..Behaviour::default()
-            },
-        )
-        .await;
+    let pid = rig.start_behaving(spec, STUBBORN).await;
     tokio::time::sleep(ms(100)).await;
     let t0 = Instant::now();
     rig.stop("dog").await;
@@ -564,15 +569,6 @@ async fn a_stop_waits_for_a_member_that_survives_sigkill_and_kills_it_again() {
         .count();
     assert!(kills >= 300 / 20, "{kills} SIGKILLs");
 }
-
-const ESCAPES: Behaviour = Behaviour {
-    pipes_escape: true,
-    ignores_stop: false,
-    leaves_member: false,
-    member_closed_stdio: false,
-    member_survives_kill: false,
-    spawn_fails: false,
-};
 
 #[tokio::test(start_paused = true)]
 async fn an_escaped_process_holding_the_pipes_holds_stop_for_the_pipe_grace_only() {
