@@ -560,6 +560,7 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
             },
         ),
         ("source file", s.source.as_deref().map_or_else(dash, path)),
+        ("env profile", opt(s.env_profile.as_deref())),
     ];
 
     let mut table = new_table(style.color, style.width);

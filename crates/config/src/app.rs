@@ -928,6 +928,7 @@ impl<'n> Draft<'n> {
                 .listen_timeout_ms
                 .unwrap_or(defaults::LISTEN_TIMEOUT_MS),
             watchdog_timeout_ms: self.watchdog_timeout_ms.filter(|&ms| ms > 0),
+            env_profile: ctx.profile.map(str::to_string),
         };
         Some(CheckedApp { spec, name_loc })
     }

@@ -195,6 +195,7 @@ watchdog_timeout = "30s"
         listen_timeout_ms: 10_000,
         watchdog_timeout_ms: Some(30_000),
         logs: LogSpec::unset(),
+        env_profile: None,
     };
     assert_eq!(apps, vec![expected]);
 }
@@ -276,6 +277,9 @@ env_production = { MODE = "prod", EXTRA = 1 }
         merged[0].env,
         env(&[("EXTRA", "1"), ("MODE", "prod"), ("PORT", "3000")])
     );
+    // The profile is remembered (describe shows it, the dump keeps it).
+    assert_eq!(merged[0].env_profile.as_deref(), Some("production"));
+    assert_eq!(plain[0].env_profile, None);
 
     let staging = LoadOptions {
         env_profile: Some("staging".into()),

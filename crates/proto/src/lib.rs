@@ -158,6 +158,10 @@ pub struct AppSpec {
     pub watchdog_timeout_ms: Option<u64>,
     /// Where and how the app's output is written.
     pub logs: LogSpec,
+    /// The `--env <profile>` the app was started with (its `env_<profile>` is already merged into
+    /// `env`), shown by `describe` and kept in the dump.
+    #[serde(default)]
+    pub env_profile: Option<String>,
 }
 
 /// How cluster-mode listening sockets are shared among instances.
@@ -247,6 +251,7 @@ impl AppSpec {
             listen_timeout_ms: defaults::LISTEN_TIMEOUT_MS,
             watchdog_timeout_ms: None,
             logs: LogSpec::unset(),
+            env_profile: None,
         }
     }
 }
@@ -285,6 +290,7 @@ impl fmt::Debug for AppSpec {
             .field("listen_timeout_ms", &self.listen_timeout_ms)
             .field("watchdog_timeout_ms", &self.watchdog_timeout_ms)
             .field("logs", &self.logs)
+            .field("env_profile", &self.env_profile)
             .finish()
     }
 }
