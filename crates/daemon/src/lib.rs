@@ -13,6 +13,7 @@
 //! - [`cluster`]: listening sockets handed to instances, readiness (sd_notify, Node IPC, the Node
 //!   shim), the rolling-reload state machine.
 //! - [`logs`]: output capture: pipes drained into rotated files, followers, the daemon's own log.
+//! - [`state`]: the durable desired state (`dump.json`): atomic writes, versions, loading.
 //!
 //! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token, as
 //! `tests/it/serve.rs` does); [`run_daemon`] is what `pm2rs daemon` calls.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod os;
 pub mod policy;
 pub mod process;
+pub mod state;
 pub mod supervisor;
 
 use std::collections::HashMap;
