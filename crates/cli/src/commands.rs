@@ -11,8 +11,8 @@ use nix::fcntl::{Flock, FlockArg};
 use pm2rs_config::{LoadOptions, ScriptOptions};
 use pm2rs_proto::{
     ActionResponse, DescribeResponse, ListResponse, PID_FILE, PingResponse, ReloadRequest,
-    ResetRequest, ScaleRequest, ScaleTo, StartRequest, StartResponse, Status, TargetRequest,
-    TargetsRequest, routes,
+    ResetRequest, ResurrectResponse, SaveResponse, ScaleRequest, ScaleTo, StartRequest,
+    StartResponse, Status, TargetRequest, TargetsRequest, routes,
 };
 use serde::Serialize;
 
@@ -95,11 +95,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             let style = style();
             let now = pm2rs_proto::unix_micros();
-            let text: Vec<String> = resp
+            let mut text: Vec<String> = resp
                 .processes
                 .iter()
                 .map(|d| render::describe(d, &style, now))
                 .collect();
+            text.extend(resp.warnings.iter().map(|w| format!("warning: {w}")));
             write_out(&text.join("\n"))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -117,9 +118,39 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 p.version,
                 p.home.display()
             ))?;
+            warn_all(&p.warnings)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Kill => kill(&home).await,
+        Cmd::Save => {
+            let mut c = Client::connect_or_start(&home).await?;
+            let s: SaveResponse = c.post(routes::SAVE, &()).await?;
+            say(&format!(
+                "saved {} app(s) to {} (kept current on every change; `pm2rs resurrect` brings them back)",
+                s.apps,
+                s.path.display()
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Resurrect => {
+            let mut c = Client::connect_or_start(&home).await?;
+            let r: ResurrectResponse = c.post(routes::RESURRECT, &()).await?;
+            warn_all(&r.warnings)?;
+            let mut lines = vec![if r.path.as_os_str().is_empty() {
+                "no dump to resurrect".to_string()
+            } else {
+                format!("resurrecting from {}", r.path.display())
+            }];
+            lines.extend(r.started.iter().map(|n| format!("started {n}")));
+            lines.extend(r.stopped.iter().map(|n| format!("restored {n}, stopped")));
+            lines.extend(
+                r.known
+                    .iter()
+                    .map(|n| format!("already known, left alone: {n}")),
+            );
+            say(&lines.join("\n"))?;
+            print_list(&mut c).await
+        }
         Cmd::Logs(args) => crate::logs::logs(&home, args).await,
         Cmd::Flush { target } => crate::logs::flush(&home, target).await,
         Cmd::ReloadLogs => crate::logs::reload(&home).await,
@@ -560,7 +591,7 @@ async fn kill(home: &std::path::Path) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     say(&format!(
-        "stopped {} process(es) and the daemon",
+        "stopped {} process(es) and the daemon; the dump keeps the apps: `pm2rs resurrect` brings them back",
         resp.ids.len()
     ))?;
     Ok(ExitCode::SUCCESS)
@@ -649,6 +680,12 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<ExitCode> {
     text.push('\n');
     write_out(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's warnings, one `[pm2rs] warning:` line each.
+fn warn_all(warnings: &[String]) -> Result<(), StdoutClosed> {
+    let lines: Vec<String> = warnings.iter().map(|w| format!("warning: {w}")).collect();
+    say(&lines.join("\n"))
 }
 
 /// A status line for humans, prefixed like PM2's `[PM2]`.

@@ -101,13 +101,20 @@ pub enum Cmd {
     },
     /// Check that the daemon answers (starting it if needed).
     Ping,
-    /// Stop every app, then the daemon.
+    /// Stop every app, then the daemon (the dump keeps them: `resurrect` brings them back).
     Kill,
+    /// Write the dump now. It is kept current on every change anyway; `save` only forces it.
+    Save,
+    /// Start the apps of the dump that the daemon does not know yet (stopped ones stay stopped).
+    Resurrect,
     /// Run the daemon in the foreground (what a service unit or container runs).
     Daemon {
         /// Used by the CLI when it starts the daemon in the background.
         #[arg(long, hide = true)]
         detached: bool,
+        /// Start the apps of the dump (what the boot unit runs); otherwise start with none.
+        #[arg(long)]
+        resurrect: bool,
     },
 }
 
@@ -229,7 +236,11 @@ impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Daemon { detached } = cli.command {
+    if let Cmd::Daemon {
+        detached,
+        resurrect,
+    } = cli.command
+    {
         let home = match client::home_dir() {
             Ok(h) => h,
             Err(e) => return fail(&e),
@@ -242,6 +253,7 @@ fn main() -> ExitCode {
             home,
             detached,
             log_defaults,
+            resurrect,
         }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

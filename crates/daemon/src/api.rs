@@ -20,8 +20,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use pm2rs_proto::{
     ActionResponse, ApiError, DescribeResponse, ErrorKind, FlushResponse, ListResponse, LogEvent,
-    LogStreamQuery, PingResponse, ReloadRequest, ResetRequest, ScaleRequest, StartRequest,
-    StartResponse, TargetRequest, TargetsRequest, VERSION, VERSION_HEADER, routes,
+    LogStreamQuery, PingResponse, ReloadRequest, ResetRequest, ResurrectResponse, SaveResponse,
+    ScaleRequest, StartRequest, StartResponse, TargetRequest, TargetsRequest, VERSION,
+    VERSION_HEADER, routes,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -63,6 +64,8 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::RELOAD, post(reload))
         .route(routes::DESCRIBE, post(describe))
         .route(routes::KILL, post(kill))
+        .route(routes::SAVE, post(save))
+        .route(routes::RESURRECT, post(resurrect))
         .route(routes::LOG_STREAM, get(log_stream))
         .route(routes::LOG_FLUSH, post(log_flush))
         .route(routes::LOG_RELOAD, post(log_reload))
@@ -145,6 +148,7 @@ async fn ping(State(state): State<ApiState>) -> Json<PingResponse> {
         pid: std::process::id(),
         home: state.home.clone(),
         uptime_ms: state.started.elapsed().as_millis() as u64,
+        warnings: state.snapshot.borrow().warnings.clone(),
     })
 }
 
@@ -401,6 +405,25 @@ async fn reload(
 
 async fn kill(State(state): State<ApiState>) -> ApiResult<ActionResponse> {
     ask(&state, |reply| Command::Kill { reply }).await
+}
+
+async fn save(State(state): State<ApiState>) -> ApiResult<SaveResponse> {
+    ask(&state, |reply| Command::Save { reply }).await
+}
+
+/// `POST /v1/resurrect`: reads the dump on a blocking thread, then the supervisor starts what it
+/// does not know.
+async fn resurrect(State(state): State<ApiState>) -> ApiResult<ResurrectResponse> {
+    let home = state.home.clone();
+    let loaded = tokio::task::spawn_blocking(move || crate::state::load(&home))
+        .await
+        .map_err(|e| {
+            ApiFailure(ApiError {
+                kind: ErrorKind::Failed,
+                message: format!("cannot read the dump: {e}"),
+            })
+        })?;
+    ask(&state, |reply| Command::Resurrect { loaded, reply }).await
 }
 
 /// A Unix listener that drops connections from any uid other than `uid` (checked with SO_PEERCRED).

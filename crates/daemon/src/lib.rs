@@ -48,7 +48,8 @@ use crate::api::{ApiState, PeerCheckedListener};
 use crate::home::Home;
 use crate::logs::{DaemonLog, LogHub, Rotation};
 use crate::os::RealOs;
-use crate::supervisor::{Command, Inputs, Parts, Supervisor};
+use crate::state::Loaded;
+use crate::supervisor::{Command, DumpLink, Inputs, Parts, Supervisor};
 
 /// How `pm2rs daemon` was asked to run.
 #[derive(Debug, Clone)]
@@ -59,6 +60,8 @@ pub struct DaemonOptions {
     pub detached: bool,
     /// Daemon-wide log settings (rotation defaults, longest line).
     pub log_defaults: pm2rs_proto::LogDefaults,
+    /// Start the apps of the dump (what the boot unit runs); otherwise start with none.
+    pub resurrect: bool,
 }
 
 /// How many threads may write log files at once (each busy pipe has at most one write pending).
@@ -75,6 +78,11 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
     let lock = home.lock()?;
     let hub = LogHub::new(home.logs_dir(), opts.log_defaults);
     init_tracing(&home, &hub)?;
+    let restore = if opts.resurrect {
+        state::load(&home.dir)
+    } else {
+        Loaded::default()
+    };
     nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -109,7 +117,7 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
         });
         announce_ready(opts.detached);
         info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
-        serve(listener, home.clone(), hub, shutdown, signalled).await
+        serve_with(listener, home.clone(), hub, shutdown, signalled, restore).await
     });
     // Blocking threads still writing log files finish before the daemon counts as gone.
     drop(runtime);
@@ -130,7 +138,23 @@ pub async fn serve(
     shutdown: CancellationToken,
     stop_apps: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(listener, home, logs, shutdown, stop_apps, Loaded::default()).await
+}
+
+/// [`serve`], first restoring the apps of `restore` (a dump [`state::load`] read).
+pub async fn serve_with(
+    listener: UnixListener,
+    home: Home,
+    logs: LogHub,
+    shutdown: CancellationToken,
+    stop_apps: CancellationToken,
+    restore: Loaded,
+) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
+    // The dump writer ends once the supervisor (the sender) is gone, after its last write.
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let (written_tx, written_rx) = watch::channel(state::Written::default());
+    tracker.spawn(state::writer(home.dir.clone(), desired_rx, written_tx));
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::default());
     let (metrics_tx, metrics_rx) = watch::channel(Arc::new(HashMap::new()));
     let (cmd_tx, cmd_rx) = mpsc::channel(supervisor::COMMAND_QUEUE);
@@ -145,6 +169,12 @@ pub async fn serve(
         os: Box::new(os),
         snapshot: snapshot_tx,
         shutdown: shutdown.clone(),
+        restore,
+        dump: Some(DumpLink {
+            desired: desired_tx,
+            written: written_rx,
+            path: state::dump_path(&home.dir),
+        }),
     });
     let sup_done = shutdown.clone();
     // However the supervisor ends (a kill, or even a panic), the daemon ends with it rather than

@@ -8,7 +8,8 @@
 //! - [`AppSpec`]: one fully resolved app, as the ecosystem parser produces it and the daemon runs it.
 //! - [`ProcessInfo`], [`Status`]: what `list` and `describe` show about one instance.
 //! - Request structs ([`StartRequest`], [`TargetRequest`], [`TargetsRequest`], [`ScaleRequest`],
-//!   [`ReloadRequest`], [`ResetRequest`]) and their replies.
+//!   [`ReloadRequest`], [`ResetRequest`]) and their replies ([`SaveResponse`] and
+//!   [`ResurrectResponse`] for the dump).
 //! - [`LogSpec`]: where and how an app's output is written.
 //! - [`LogEvent`]: one line of the log stream (`pm2rs logs`), newline-delimited JSON; [`FileEnd`]:
 //!   where its batch ends in its file.
@@ -73,7 +74,13 @@ pub mod routes {
     /// `POST` (empty body) → [`crate::FlushResponse`]: reopens every log file (after logrotate).
     pub const LOG_RELOAD: &str = "/v1/logs/reload";
     /// `POST` (empty body) → [`crate::ActionResponse`]; stops every app, then the daemon exits.
+    /// The dump is left as it was, so `resurrect` brings the apps back.
     pub const KILL: &str = "/v1/kill";
+    /// `POST` (empty body) → [`crate::SaveResponse`]: writes the dump now.
+    pub const SAVE: &str = "/v1/save";
+    /// `POST` (empty body) → [`crate::ResurrectResponse`]: starts the dump's apps the daemon
+    /// does not know.
+    pub const RESURRECT: &str = "/v1/resurrect";
 }
 
 /// How an app's instances are run.
@@ -414,6 +421,10 @@ pub struct PingResponse {
     pub home: PathBuf,
     /// Daemon uptime in milliseconds.
     pub uptime_ms: u64,
+    /// Problems the user should know of, e.g. a corrupt dump set aside or a dump that cannot
+    /// be written.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `GET /v1/processes`.
@@ -513,6 +524,37 @@ pub struct ActionResponse {
 pub struct DescribeResponse {
     /// One entry per matching instance.
     pub processes: Vec<Described>,
+    /// The daemon's warnings (as in [`PingResponse`]).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Reply of `POST /v1/save`: the dump was written now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveResponse {
+    /// The dump file.
+    pub path: PathBuf,
+    /// How many apps it holds.
+    pub apps: usize,
+}
+
+/// Reply of `POST /v1/resurrect`: what was done with each app of the dump.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResurrectResponse {
+    /// The dump file read.
+    pub path: PathBuf,
+    /// Apps started from the dump.
+    #[serde(default)]
+    pub started: Vec<String>,
+    /// Apps the dump has as stopped: registered, not started.
+    #[serde(default)]
+    pub stopped: Vec<String>,
+    /// Apps the daemon already knew: left alone.
+    #[serde(default)]
+    pub known: Vec<String>,
+    /// Problems met reading the dump (a corrupt file set aside, an older version used).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// One instance with the spec of its app.

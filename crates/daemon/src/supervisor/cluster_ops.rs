@@ -178,12 +178,7 @@ impl Supervisor {
     /// connections are refused instead of waiting for nobody; an app that still runs loses only
     /// the slots of its stopped instances (their connections go to the others).
     pub(super) fn close_stopped_apps(&mut self, ids: &[u32]) {
-        let mut names: Vec<String> = ids
-            .iter()
-            .filter_map(|id| self.instances.get(id).map(|p| p.app.clone()))
-            .collect();
-        names.dedup();
-        for name in names {
+        for name in self.apps_of(ids) {
             if self.ids_of(&name).all(|id| self.instances[&id].settled()) {
                 self.cluster.close(&name);
             }

@@ -28,7 +28,10 @@ impl Supervisor {
         debug!(?cmd, "command");
         match cmd {
             Command::Start { apps, reply } => self.start(apps, reply),
-            Command::Stop { targets, reply } => self.with_targets(&targets, reply, Then::Reply),
+            Command::Stop { targets, reply } => {
+                self.mark_stopped(&targets);
+                self.with_targets(&targets, reply, Then::Reply)
+            }
             Command::Restart { targets, reply } => {
                 self.with_targets(&targets, reply, Then::Restart)
             }
@@ -36,7 +39,11 @@ impl Supervisor {
             Command::Reset { target, reply } => self.reset(&target, reply),
             Command::Scale { request, reply } => self.scale(request, reply),
             Command::Reload { request, reply } => self.reload(request, reply),
+            Command::Save { reply } => self.save(reply),
+            Command::Resurrect { loaded, reply } => self.resurrect(loaded, reply),
             Command::Kill { reply } => {
+                // The apps are stopped, not forgotten: the dump keeps them for `resurrect`.
+                self.durable.freeze();
                 let ids: Vec<u32> = self.instances.keys().copied().collect();
                 self.stop_ids(&ids);
                 self.pending.push(Pending::new(ids, Then::Kill(reply)));
@@ -56,6 +63,22 @@ impl Supervisor {
                 self.pending.push(Pending::new(ids, then(reply)));
             }
             Err(e) => self.outbox.reply(reply, Err(e)),
+        }
+    }
+
+    /// The apps every instance of which `targets` match are stopped by the user: the dump keeps
+    /// them stopped. (A stop of some instances of an app leaves it running in the dump.)
+    fn mark_stopped(&mut self, targets: &[String]) {
+        let Ok(ids) = self.resolve_all(targets) else {
+            return;
+        };
+        for name in self.apps_of(&ids) {
+            let all = self.counted_ids_of(&name).all(|id| ids.contains(&id));
+            if let Some(app) = self.apps.get_mut(&name)
+                && all
+            {
+                app.stopped = true;
+            }
         }
     }
 
@@ -200,18 +223,35 @@ impl Supervisor {
     fn add_app(&mut self, spec: AppSpec) {
         let name = spec.name.clone();
         let count = spec.instances;
-        self.apps.insert(
-            name.clone(),
-            App {
-                policy: RestartPolicy::from(&spec),
-                spec: Arc::new(spec),
-            },
-        );
+        self.register_app(spec, false);
         for _ in 0..count {
             let id = self.add_instance(&name);
             self.start_instance(id, Counted::AsStart);
         }
         info!(app = %name, instances = count, "app added");
+    }
+
+    /// The apps of these instances, each once per run of neighbours (ids come in app order).
+    pub(super) fn apps_of(&self, ids: &[u32]) -> Vec<String> {
+        let mut names: Vec<String> = ids
+            .iter()
+            .filter_map(|id| self.instances.get(id).map(|p| p.app.clone()))
+            .collect();
+        names.dedup();
+        names
+    }
+
+    /// Registers an app, with no instance yet (`stopped`: the user stopped it).
+    pub(super) fn register_app(&mut self, spec: AppSpec, stopped: bool) {
+        self.apps.insert(
+            spec.name.clone(),
+            App {
+                policy: RestartPolicy::from(&spec),
+                spec: Arc::new(spec),
+                stopped,
+            },
+        );
+        self.dirty = true;
     }
 
     /// Creates a stopped instance of `app` in the lowest free slot.
@@ -272,6 +312,9 @@ impl Supervisor {
         };
         if !p.settled() {
             return;
+        }
+        if let Some(app) = self.apps.get_mut(&p.app) {
+            app.stopped = false;
         }
         if counted == Counted::AsRestart {
             p.restarts += 1;

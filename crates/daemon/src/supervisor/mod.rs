@@ -8,7 +8,9 @@
 //!   [`crate::cluster::NOTICE_QUEUE`]);
 //! - `DrainEnded`: a log pipe reached end of file (the [`LogHub`]'s `Notify`, one stored wake-up);
 //! - `Timer`: a timer of the [`timers`] queue is due (restart delay, kill timeout, listen
-//!   timeout, watchdog, drain recheck; any number per instance).
+//!   timeout, watchdog, drain recheck; any number per instance);
+//! - `Dumped`: the dump writer ([`crate::state::writer`]) wrote a generation of the desired state
+//!   (or failed to).
 //!
 //! A new source (resource samples, file changes, cron) is a new variant and a new branch of the
 //! loop's `select!`; every other task only sends inputs. The operating system is behind
@@ -19,7 +21,9 @@
 //! Handle the input → run every [`Pending`] continuation whose instances have settled → advance
 //! the reloads → publish the [`Snapshot`] if anything changed → send the replies queued in the
 //! outbox. Replies go out after the snapshot they describe is published, so a client that got its
-//! reply and then asks for `list` sees the change, whatever the runtime flavour.
+//! reply and then asks for `list` sees the change, whatever the runtime flavour. While a change of
+//! the desired state is not yet on disk, the step's replies are held until the writer reports it
+//! written (`durable`).
 //!
 //! # Layout
 //! - this file: the state types, [`Supervisor::run`] and the dispatch of inputs;
@@ -28,11 +32,15 @@
 //! - `exits`: spawning a run, what an exit means, stops that wait for the group and the pipes;
 //! - `timers`: the timer queue and what each timer does when due;
 //! - `snapshot`: the published [`Snapshot`], target resolution, the outbox of replies;
-//! - `cluster_ops`: readiness notices, reload jobs, closing an app's sockets.
+//! - `cluster_ops`: readiness notices, reload jobs, closing an app's sockets;
+//! - `durable`: the desired state sent to the dump writer, replies held until it is written;
+//! - `restore`: the apps of a dump brought back (at start with `--resurrect`, or `resurrect`).
 
 mod cluster_ops;
 mod commands;
+mod durable;
 mod exits;
+mod restore;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -43,7 +51,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nix::unistd::Pid;
-use pm2rs_proto::{ActionResponse, AppSpec, ReloadRequest, ScaleRequest, StartResponse, Status};
+use pm2rs_proto::{
+    ActionResponse, AppSpec, ReloadRequest, ResurrectResponse, SaveResponse, ScaleRequest,
+    StartResponse, Status,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +67,9 @@ use crate::logs::{Drained, LogHub};
 use crate::os::{Exit, Os};
 use crate::policy::{RestartHistory, RestartPolicy};
 use crate::process::Tracked;
+use crate::state::{Loaded, Written};
+
+pub use durable::DumpLink;
 
 pub use snapshot::{Snapshot, resolve_target, resolve_targets};
 
@@ -105,8 +119,15 @@ pub enum Command {
         request: ReloadRequest,
         reply: Reply<ActionResponse>,
     },
-    /// Stop every app, reply, then end the daemon.
+    /// Stop every app, reply, then end the daemon. The dump is left as it was.
     Kill { reply: Reply<ActionResponse> },
+    /// Write the dump now (even if nothing changed); reply once it is on disk.
+    Save { reply: Reply<SaveResponse> },
+    /// Bring back the apps of this dump that the daemon does not know.
+    Resurrect {
+        loaded: Loaded,
+        reply: Reply<ResurrectResponse>,
+    },
 }
 
 /// Everything the supervisor reacts to (see the module doc for where each comes from).
@@ -117,6 +138,7 @@ pub enum Input {
     Notice(Notice),
     DrainEnded,
     Timer(TimerKey),
+    Dumped(Written),
 }
 
 /// What the supervisor is built from.
@@ -131,6 +153,10 @@ pub struct Parts {
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     /// Cancelled by the supervisor after `kill`, or by the daemon on a signal.
     pub shutdown: CancellationToken,
+    /// The dump's apps, brought back before the first input (empty: start with no apps).
+    pub restore: Loaded,
+    /// The dump writer; `None` keeps no dump (replies are never held).
+    pub dump: Option<DumpLink>,
 }
 
 /// The receiving ends of the supervisor's input channels.
@@ -147,6 +173,8 @@ pub struct Inputs {
 struct App {
     spec: Arc<AppSpec>,
     policy: RestartPolicy,
+    /// The user stopped every instance of it: it stays stopped when the dump is restored.
+    stopped: bool,
 }
 
 /// The current run of an instance.
@@ -272,6 +300,10 @@ pub struct Supervisor {
     cluster: Cluster,
     /// Reloads in progress, each with the reply its command waits for.
     reloads: Vec<(Reload, Reply<ActionResponse>)>,
+    /// The dump writer and what was last sent to it.
+    durable: durable::Durable,
+    /// The apps to restore when the loop starts (taken by [`Supervisor::run`]).
+    restore: Loaded,
 }
 
 impl Supervisor {
@@ -283,6 +315,8 @@ impl Supervisor {
             os,
             snapshot,
             shutdown,
+            restore,
+            dump,
         } = parts;
         let user = nix::unistd::User::from_uid(nix::unistd::getuid())
             .ok()
@@ -306,12 +340,17 @@ impl Supervisor {
             dirty: true,
             cluster,
             reloads: Vec::new(),
+            durable: durable::Durable::new(dump),
+            restore,
         }
     }
 
     /// Runs until a `kill` command completes or every command sender is gone.
     pub async fn run(mut self, mut inputs: Inputs) {
         let logs = self.logs.clone();
+        let mut written = self.durable.written();
+        let restore = std::mem::take(&mut self.restore);
+        self.restore_at_start(restore);
         self.settle();
         loop {
             let due = self.timers.next();
@@ -327,6 +366,7 @@ impl Supervisor {
                     }
                 }
                 Some(notice) = inputs.notices.recv() => self.handle(Input::Notice(notice)),
+                done = durable::next_written(&mut written) => self.handle(Input::Dumped(done)),
                 () = logs.drain_ended() => self.handle(Input::DrainEnded),
                 () = timers::sleep_until(due) => {
                     let now = Instant::now();
@@ -340,13 +380,15 @@ impl Supervisor {
                 },
             }
             self.settle();
-            if self.shutdown.is_cancelled() && self.pending.is_empty() {
+            if self.shutdown.is_cancelled() && self.pending.is_empty() && !self.durable.waiting() {
                 break;
             }
         }
-        // Whatever is still running when the supervisor ends is stopped now.
+        // Whatever is still running when the supervisor ends is stopped now; the dump keeps it.
+        self.durable.freeze();
         self.stop_everything_now();
         self.settle();
+        self.outbox.release_all();
     }
 
     /// Handles one input to completion (without publishing: see [`Supervisor::settle`]).
@@ -362,6 +404,7 @@ impl Supervisor {
             Input::Notice(notice) => self.on_notice(notice),
             Input::DrainEnded => self.check_draining(),
             Input::Timer(key) => self.on_timer(key),
+            Input::Dumped(written) => self.on_dumped(written),
         }
     }
 
@@ -374,10 +417,14 @@ impl Supervisor {
         if self.instances.is_empty() && self.pending.is_empty() && self.reloads.is_empty() {
             self.next_id = 0;
         }
+        self.sync_dump();
         if self.dirty {
             self.publish();
         }
-        self.outbox.flush();
+        match self.durable.unwritten() {
+            Some(generation) => self.outbox.hold(generation),
+            None => self.outbox.flush(),
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub specs: BTreeMap<String, Arc<AppSpec>>,
     /// Log file paths by instance id: (stdout, stderr).
     pub logs: BTreeMap<u32, (PathBuf, PathBuf)>,
+    /// What the user should know (a bad dump set aside, a dump that cannot be written).
+    pub warnings: Vec<String>,
 }
 
 impl Snapshot {
@@ -47,7 +49,10 @@ impl Snapshot {
                 log_rotation: None,
             });
         }
-        Ok(DescribeResponse { processes: out })
+        Ok(DescribeResponse {
+            processes: out,
+            warnings: self.warnings.clone(),
+        })
     }
 }
 
@@ -147,16 +152,33 @@ pub(super) fn api_error(kind: ErrorKind, message: &str) -> ApiError {
     }
 }
 
-/// Replies waiting for the end of the step. Holds at most the replies of one step.
+/// One queued reply; called with the dump's write error, if the write it waited for failed.
+type Send_ = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// Replies waiting for the end of the step (at most the replies of one step), and replies of
+/// earlier steps held until the dump generation they wait for is written (one entry per
+/// generation, each reply a client still waits for).
 #[derive(Default)]
 pub(super) struct Outbox {
-    sends: Vec<Box<dyn FnOnce() + Send>>,
+    sends: Vec<Send_>,
+    held: Vec<(u64, Vec<Send_>)>,
 }
 
 impl Outbox {
     /// Queues `result` for `to` (a client that went away is fine).
     pub(super) fn reply<T: Send + 'static>(&mut self, to: Reply<T>, result: Result<T, ApiError>) {
-        self.sends.push(Box::new(move || {
+        self.sends.push(Box::new(move |_| {
+            let _ = to.send(result);
+        }));
+    }
+
+    /// Queues `ok` for `to`, turned into an error if the dump write it waits for fails.
+    pub(super) fn reply_when_written<T: Send + 'static>(&mut self, to: Reply<T>, ok: T) {
+        self.sends.push(Box::new(move |error| {
+            let result = match error {
+                None => Ok(ok),
+                Some(e) => Err(api_error(ErrorKind::Failed, e)),
+            };
             let _ = to.send(result);
         }));
     }
@@ -164,8 +186,39 @@ impl Outbox {
     /// Sends every queued reply. Called after the snapshot is published.
     pub(super) fn flush(&mut self) {
         for send in self.sends.drain(..) {
-            send();
+            send(None);
         }
+    }
+
+    /// Keeps the step's replies until dump generation `generation` is written.
+    pub(super) fn hold(&mut self, generation: u64) {
+        if self.sends.is_empty() {
+            return;
+        }
+        let sends = std::mem::take(&mut self.sends);
+        match self.held.last_mut() {
+            Some((g, held)) if *g == generation => held.extend(sends),
+            _ => self.held.push((generation, sends)),
+        }
+    }
+
+    /// Sends the held replies of every generation up to `generation` (written, or failed with
+    /// `error`).
+    pub(super) fn release(&mut self, generation: u64, error: Option<&str>) {
+        let later = self.held.iter().position(|(g, _)| *g > generation);
+        let done: Vec<_> = self
+            .held
+            .drain(..later.unwrap_or(self.held.len()))
+            .collect();
+        for send in done.into_iter().flat_map(|(_, sends)| sends) {
+            send(error);
+        }
+    }
+
+    /// Sends everything, held or not (the supervisor is ending).
+    pub(super) fn release_all(&mut self) {
+        self.release(u64::MAX, None);
+        self.flush();
     }
 
     #[cfg(test)]
@@ -258,6 +311,7 @@ impl Supervisor {
                     (p.id, paths)
                 })
                 .collect(),
+            warnings: self.durable.warnings(),
         };
         self.snapshot.send_replace(Arc::new(snapshot));
         self.dirty = false;

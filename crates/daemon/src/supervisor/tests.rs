@@ -94,6 +94,8 @@ impl Rig {
             os: Box::new(fake),
             snapshot: snapshot_tx,
             shutdown: CancellationToken::new(),
+            restore: Default::default(),
+            dump: None,
         });
         let inputs = Inputs {
             commands: command_rx,

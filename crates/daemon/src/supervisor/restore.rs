@@ -1,0 +1,87 @@
+//! The apps of a dump brought back: at start (`pm2rs daemon --resurrect`, through
+//! [`Parts::restore`](super::Parts)) and on `pm2rs resurrect`. Each app is restored by one
+//! function that first registers the app, then creates its instances one by one, each started
+//! unless the user had stopped the app; an app the daemon already knows is left alone. A port
+//! that cannot be bound makes that app's instances errored with the reason (their spawn fails),
+//! never the daemon.
+
+use pm2rs_proto::{ErrorKind, ResurrectResponse};
+use tracing::info;
+
+use super::snapshot::api_error;
+use super::{Counted, Reply, Supervisor};
+use crate::state::{DumpedApp, Loaded};
+
+impl Supervisor {
+    /// The dump given at start, before the loop handles any input.
+    pub(super) fn restore_at_start(&mut self, loaded: Loaded) {
+        if loaded.source.is_none() && loaded.warnings.is_empty() {
+            return;
+        }
+        let done = self.restore(loaded);
+        info!(
+            started = done.started.len(),
+            stopped = done.stopped.len(),
+            "dump restored"
+        );
+    }
+
+    /// `resurrect`: the dump's apps the daemon does not know yet.
+    pub(super) fn resurrect(&mut self, loaded: Loaded, reply: Reply<ResurrectResponse>) {
+        if self.durable.is_frozen() {
+            let error = api_error(ErrorKind::ShuttingDown, "the daemon is shutting down");
+            self.outbox.reply(reply, Err(error));
+            return;
+        }
+        let done = self.restore(loaded);
+        info!(started = ?done.started, stopped = ?done.stopped, known = ?done.known, "resurrected");
+        self.outbox.reply(reply, Ok(done));
+    }
+
+    /// Restores every app of `loaded` the daemon does not know and says what it did.
+    fn restore(&mut self, loaded: Loaded) -> ResurrectResponse {
+        let mut done = ResurrectResponse {
+            path: loaded.source.clone().unwrap_or_default(),
+            started: vec![],
+            stopped: vec![],
+            known: vec![],
+            warnings: loaded.warnings.clone(),
+        };
+        self.durable.load_warnings = loaded.warnings;
+        self.dirty = true;
+        for app in loaded.apps {
+            let name = app.spec.name.clone();
+            if self.apps.contains_key(&name) {
+                done.known.push(name);
+                continue;
+            }
+            if app.stopped {
+                done.stopped.push(name);
+            } else {
+                done.started.push(name);
+            }
+            self.restore_app(app);
+        }
+        done
+    }
+
+    /// One app: registered first, then its instances created (and started unless stopped).
+    fn restore_app(&mut self, app: DumpedApp) {
+        let DumpedApp { mut spec, stopped } = app;
+        spec.instances = spec.instances.max(1);
+        let name = spec.name.clone();
+        let count = spec.instances;
+        self.register_app(spec, stopped);
+        for _ in 0..count {
+            let id = self.add_instance(&name);
+            if !stopped {
+                self.restore_instance(id);
+            }
+        }
+    }
+
+    /// Brings one instance of a restored app back: a new run.
+    fn restore_instance(&mut self, id: u32) {
+        self.start_instance(id, Counted::AsStart);
+    }
+}
