@@ -12,6 +12,8 @@
 //!   ecosystem file as the target of stop/restart/reload/delete, `reset`.
 //! - `cluster`: cluster mode, readiness and reload with real servers (Node, Python) on real sockets.
 //! - `http`: the load client those tests use.
+//! - `state`: the dump: durable before the reply, kept by `kill`, `daemon --resurrect`, a
+//!   reboot, corrupt and torn files, `save` and `resurrect`.
 
 mod apps;
 mod cluster;
@@ -20,4 +22,5 @@ mod daemon;
 mod harness;
 mod http;
 mod logs;
+mod state;
 mod targets;
