@@ -185,9 +185,15 @@ fn kill_keeps_the_dump_and_the_boot_daemon_brings_the_set_back() {
 /// Runs the boot daemon and checks that [`start_the_set`]'s set is back, dump unchanged.
 fn boot_and_check_the_set(t: &Pm2rs, port: u16, before: &[(String, u64, bool)]) -> BootDaemon {
     std::fs::remove_file(t.work().join("mode.txt")).unwrap();
+    let previous = std::fs::read(t.home().join("dump.json.1")).expect("dump.json.1");
     let daemon = boot(t);
     check_the_set(t, port);
     assert_eq!(dumped(t), before);
+    // Restoring a good dump does not write it again, so the older versions stay as they were.
+    assert_eq!(
+        std::fs::read(t.home().join("dump.json.1")).unwrap(),
+        previous
+    );
     daemon
 }
 
@@ -242,6 +248,13 @@ fn a_corrupt_or_torn_dump_falls_back_to_the_previous_version_with_a_warning() {
             "{what}: {warnings:?}"
         );
         assert!(t.ok(&["describe", "a"]).contains("warning: "));
+        // The version used is written back as dump.json.
+        assert!(
+            eventually(DEADLINE, || std::fs::read_to_string(&dump).is_ok_and(
+                |text| text.contains("\"name\": \"a\"") && !text.contains("\"name\": \"b\"")
+            )),
+            "{what}: dump.json written back"
+        );
         // The bad file is kept aside, byte for byte.
         let aside: Vec<_> = std::fs::read_dir(t.home())
             .unwrap()

@@ -125,11 +125,8 @@ impl Supervisor {
             return;
         }
         d.force = false;
-        d.sent = self
-            .apps
-            .iter()
-            .map(|(name, app)| (name.clone(), (app.spec.clone(), app.stopped)))
-            .collect();
+        self.dump_in_sync();
+        let d = &mut self.durable;
         d.generation += 1;
         let dump = DumpFile {
             version: SCHEMA,
@@ -148,6 +145,15 @@ impl Supervisor {
                 dump,
             })));
         }
+    }
+
+    /// Takes the current desired state as the one on disk (sent, or just read from it).
+    pub(super) fn dump_in_sync(&mut self) {
+        self.durable.sent = self
+            .apps
+            .iter()
+            .map(|(name, app)| (name.clone(), (app.spec.clone(), app.stopped)))
+            .collect();
     }
 
     /// The writer is done with a generation: the replies waiting for it (and older ones) go.

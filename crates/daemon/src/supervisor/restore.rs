@@ -13,12 +13,18 @@ use super::{Counted, Reply, Supervisor};
 use crate::state::{DumpedApp, Loaded};
 
 impl Supervisor {
-    /// The dump given at start, before the loop handles any input.
+    /// The dump given at start, before the loop handles any input. Restored from a good
+    /// `dump.json`, the state is already on disk: it is not written again (a boot does not push
+    /// the older versions out); restored from an older version, it is written back.
     pub(super) fn restore_at_start(&mut self, loaded: Loaded) {
         if loaded.source.is_none() && loaded.warnings.is_empty() {
             return;
         }
+        let clean = loaded.warnings.is_empty();
         let done = self.restore(loaded);
+        if clean {
+            self.dump_in_sync();
+        }
         info!(
             started = done.started.len(),
             stopped = done.stopped.len(),
