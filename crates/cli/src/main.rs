@@ -108,6 +108,9 @@ pub enum Cmd {
         /// Used by the CLI when it starts the daemon in the background.
         #[arg(long, hide = true)]
         detached: bool,
+        /// Restore the saved apps at start (what the boot unit runs).
+        #[arg(long)]
+        resurrect: bool,
     },
 }
 
@@ -229,7 +232,11 @@ impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Daemon { detached } = cli.command {
+    if let Cmd::Daemon {
+        detached,
+        resurrect,
+    } = cli.command
+    {
         let home = match client::home_dir() {
             Ok(h) => h,
             Err(e) => return fail(&e),
@@ -242,6 +249,7 @@ fn main() -> ExitCode {
             home,
             detached,
             log_defaults,
+            resurrect,
         }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

@@ -57,6 +57,9 @@ pub struct DaemonOptions {
     pub detached: bool,
     /// Daemon-wide log settings (rotation defaults, longest line).
     pub log_defaults: pm2rs_proto::LogDefaults,
+    /// `pm2rs daemon --resurrect` (what the boot unit runs): restore the saved apps at start.
+    /// Accepted and passed through; restoring is the dump's work.
+    pub resurrect: bool,
 }
 
 /// How many threads may write log files at once (each busy pipe has at most one write pending).
