@@ -512,7 +512,12 @@ fn an_app_never_inherits_the_daemons_notify_socket() {
     // and what they see is what the daemon's own environment still has.
     std::fs::create_dir_all(h.home().join("notify.sock")).unwrap();
     let manager = Manager::new();
-    let _daemon = manager.start_daemon(&h);
+    let mut daemon = manager.start_daemon(&h);
     assert!(manager.next().iter().any(|l| l == "READY=1"));
     assert_eq!(notify_socket_seen_by_an_app(&h), "unset");
+    h.ok(&["kill"]);
+    assert!(
+        eventually(DEADLINE, || daemon.0.try_wait().ok().flatten().is_some()),
+        "the daemon did not exit after kill"
+    );
 }
