@@ -154,6 +154,8 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Logs(args) => crate::logs::logs(&home, args).await,
         Cmd::Flush { target } => crate::logs::flush(&home, target).await,
         Cmd::ReloadLogs => crate::logs::reload(&home).await,
+        Cmd::Startup(args) => crate::startup::startup(&home, &args),
+        Cmd::Unstartup(args) => crate::startup::unstartup(&args),
         Cmd::Daemon { .. } => unreachable_daemon(),
     }
 }
@@ -699,7 +701,7 @@ fn say(line: &str) -> Result<(), StdoutClosed> {
 
 /// Writes to stdout. Any failure (in practice a closed pipe, as in `pm2rs list | head -1`) becomes
 /// [`StdoutClosed`], which `main` treats as success: nobody is left to read.
-fn write_out(text: &str) -> Result<(), StdoutClosed> {
+pub(crate) fn write_out(text: &str) -> Result<(), StdoutClosed> {
     let mut out = std::io::stdout().lock();
     let mut write = || -> std::io::Result<()> {
         out.write_all(text.as_bytes())?;

@@ -7,11 +7,13 @@
 //! - [`commands`]: one function per command: build the request, print the reply.
 //! - [`render`]: tables and describe output for humans (pure functions).
 //! - [`logs`]: `logs` (tail of the files, then the daemon's live stream), `flush`, `reload-logs`.
+//! - [`startup`]: `startup` / `unstartup`, the boot-time service (systemd, launchd, OpenRC).
 
 mod client;
 mod commands;
 mod logs;
 mod render;
+mod startup;
 
 use std::process::ExitCode;
 
@@ -116,6 +118,11 @@ pub enum Cmd {
         #[arg(long)]
         resurrect: bool,
     },
+    /// Print a boot-time service that runs `pm2rs daemon --resurrect` for this home (for this
+    /// machine's init unless one is named); `--install` writes it.
+    Startup(startup::StartupArgs),
+    /// Remove the boot-time service `startup --install` wrote.
+    Unstartup(startup::UnstartupArgs),
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,8 @@
 //! - [`cluster`]: listening sockets handed to instances, readiness (sd_notify, Node IPC, the Node
 //!   shim), the rolling-reload state machine.
 //! - [`logs`]: output capture: pipes drained into rotated files, followers, the daemon's own log.
+//! - [`sd_notify`]: the daemon's own `NOTIFY_SOCKET` (systemd `Type=notify`): `READY=1`,
+//!   `STOPPING=1`.
 //! - [`state`]: the durable desired state (`dump.json`): atomic writes, versions, loading.
 //!
 //! [`serve`] is the in-process entry point (tests hand it a bound listener and a shutdown token, as
@@ -28,6 +30,7 @@ pub mod os;
 pub mod policy;
 pub mod process;
 pub mod state;
+pub mod sd_notify;
 pub mod supervisor;
 
 use std::collections::HashMap;
@@ -73,6 +76,8 @@ const LOG_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// stdout once the socket accepts connections (the CLI waits for that line). Once per process: the
 /// pid-file lock it takes is held until the process exits.
 pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
+    // First, while the process has one thread: no app may inherit the service manager's socket.
+    sd_notify::take_from_env();
     let home = Home::new(opts.home);
     home.prepare()?;
     let lock = home.lock()?;
@@ -116,6 +121,17 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
             on_signal.cancel();
         });
         announce_ready(opts.detached);
+        notify_service_manager(&format!(
+            "READY=1\nMAINPID={}\nSTATUS=serving {}",
+            std::process::id(),
+            home.socket().display()
+        ));
+        // Whether by a signal or `pm2rs kill`, the service manager hears that the stop began.
+        let stopping = signalled.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            notify_service_manager("STOPPING=1\nSTATUS=stopping every app");
+        });
         info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
         serve_with(listener, home.clone(), hub, shutdown, signalled, restore).await
     });
@@ -250,6 +266,13 @@ fn announce_ready(detached: bool) {
         let _ = nix::unistd::dup2_stdin(&devnull);
         let _ = nix::unistd::dup2_stdout(&devnull);
         let _ = nix::unistd::dup2_stderr(&devnull);
+    }
+}
+
+/// [`sd_notify::notify`], its failure logged: the service manager not hearing us is no reason to stop.
+fn notify_service_manager(state: &str) {
+    if let Err(e) = sd_notify::notify(state) {
+        error!(%e, state, "cannot notify the service manager (NOTIFY_SOCKET)");
     }
 }
 

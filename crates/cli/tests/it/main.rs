@@ -12,10 +12,13 @@
 //!   ecosystem file as the target of stop/restart/reload/delete, `reset`.
 //! - `cluster`: cluster mode, readiness and reload with real servers (Node, Python) on real sockets.
 //! - `http`: the load client those tests use.
+//! - `boot`: `startup`/`unstartup` and their files (systemd units verified), the daemon's own
+//!   sd_notify (`READY=1`, `STOPPING=1`, its `NOTIFY_SOCKET` kept from the apps).
 //! - `state`: the dump: durable before the reply, kept by `kill`, `daemon --resurrect`, a
 //!   reboot, corrupt and torn files, `save` and `resurrect`.
 
 mod apps;
+mod boot;
 mod cluster;
 mod config;
 mod daemon;
