@@ -26,6 +26,9 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// Exit code of a daemon that handed its apps over to a successor (`pm2rs update`).
+pub const HANDED_OVER: u8 = 75;
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Start apps from an ecosystem file (.toml, or PM2's .json, .yml, *.config.js), from
@@ -103,12 +106,19 @@ pub enum Cmd {
     Ping,
     /// Stop every app, then the daemon.
     Kill,
+    /// Replace the running daemon with this pm2rs binary (after installing a new version):
+    /// every app keeps running, same pids, no line of output lost.
+    Update,
     /// Run the daemon in the foreground (what a service unit or container runs).
     Daemon {
         /// Used by the CLI when it starts the daemon in the background.
         #[arg(long, hide = true)]
         detached: bool,
     },
+    /// The fd keeper the daemon starts: holds the apps' pipes and sockets across a daemon crash
+    /// or update (internal).
+    #[command(hide = true)]
+    Keeper,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +239,12 @@ impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Keeper = cli.command {
+        return match client::home_dir().and_then(|home| pm2rs_daemon::keeper::run(&home)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     if let Cmd::Daemon { detached } = cli.command {
         let home = match client::home_dir() {
             Ok(h) => h,
@@ -243,7 +259,9 @@ fn main() -> ExitCode {
             detached,
             log_defaults,
         }) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(pm2rs_daemon::Ending::Stopped) => ExitCode::SUCCESS,
+            // EX_TEMPFAIL: a service manager (Restart=on-failure) starts the successor.
+            Ok(pm2rs_daemon::Ending::HandedOver) => ExitCode::from(HANDED_OVER),
             Err(e) => fail(&e),
         };
     }

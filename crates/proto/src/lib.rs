@@ -74,6 +74,10 @@ pub mod routes {
     pub const LOG_RELOAD: &str = "/v1/logs/reload";
     /// `POST` (empty body) → [`crate::ActionResponse`]; stops every app, then the daemon exits.
     pub const KILL: &str = "/v1/kill";
+    /// `POST` (empty body) → [`crate::HandoverResponse`]; the daemon exits leaving every app
+    /// running, for a successor (`pm2rs update`) to take them over. Exempt from the version
+    /// check, as kill and ping are.
+    pub const HANDOVER: &str = "/v1/daemon/handover";
 }
 
 /// How an app's instances are run.
@@ -500,6 +504,17 @@ pub struct ActionResponse {
     pub processes: Vec<ProcessInfo>,
     /// Ids of the instances that were acted on.
     pub ids: Vec<u32>,
+}
+
+/// Reply of handover: the daemon is about to exit, its apps left running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverResponse {
+    /// Instances left running for the successor.
+    pub running: usize,
+    /// Whether the daemon runs under a service manager (systemd) that starts the successor:
+    /// the client then waits for it rather than starting one.
+    #[serde(default)]
+    pub service_manager: bool,
 }
 
 /// `POST /v1/apps/describe`: everything known about the matching instances.

@@ -30,6 +30,7 @@
 //! - `snapshot`: the published [`Snapshot`], target resolution, the outbox of replies;
 //! - `cluster_ops`: readiness notices, reload jobs, closing an app's sockets.
 
+mod adopt;
 mod cluster_ops;
 mod commands;
 mod exits;
@@ -43,7 +44,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nix::unistd::Pid;
-use pm2rs_proto::{ActionResponse, AppSpec, ReloadRequest, ScaleRequest, StartResponse, Status};
+use pm2rs_proto::{
+    ActionResponse, AppSpec, HandoverResponse, ReloadRequest, ScaleRequest, StartResponse, Status,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +54,7 @@ use tracing::{debug, warn};
 
 use crate::cluster::reload::Reload;
 use crate::cluster::{Cluster, Notice};
+use crate::keeper::{Keeper, Kept};
 use crate::lifecycle::{self, Event};
 use crate::logs::{Drained, LogHub};
 use crate::os::{Exit, Os};
@@ -107,6 +111,17 @@ pub enum Command {
     },
     /// Stop every app, reply, then end the daemon.
     Kill { reply: Reply<ActionResponse> },
+    /// End the daemon leaving every app running, for a successor to take over (`update`).
+    Handover { reply: Reply<HandoverResponse> },
+}
+
+/// How the supervisor ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every app was stopped (kill, a signal, or every command sender gone).
+    Stopped,
+    /// The apps were left running for a successor.
+    HandedOver,
 }
 
 /// Everything the supervisor reacts to (see the module doc for where each comes from).
@@ -131,6 +146,11 @@ pub struct Parts {
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     /// Cancelled by the supervisor after `kill`, or by the daemon on a signal.
     pub shutdown: CancellationToken,
+    /// Holds every run's pipes and every app's sockets so they outlive the daemon
+    /// ([`Keeper::none`]: they do not).
+    pub keeper: Keeper,
+    /// What a previous daemon left with the keeper, to be taken over.
+    pub kept: Vec<Kept>,
 }
 
 /// The receiving ends of the supervisor's input channels.
@@ -192,6 +212,11 @@ struct Instance {
     replaces: Option<u32>,
     /// A replacement that was not ready within `listen_timeout`.
     not_ready: bool,
+    /// What the fd keeper holds of the current run.
+    kept: Option<adopt::KeptHandle>,
+    /// A run left by a previous daemon that the desired state has no place for, being stopped:
+    /// not one of its app's instances, forgotten once stopped.
+    leftover: bool,
 }
 
 impl Instance {
@@ -217,6 +242,8 @@ enum Then {
     },
     /// Reply, then end the daemon.
     Kill(Reply<ActionResponse>),
+    /// Forget them, replying to nobody (leftovers of a previous daemon, stopped).
+    Forget,
 }
 
 /// A command waiting for its instances to settle. Each instance counts once it has settled
@@ -272,6 +299,12 @@ pub struct Supervisor {
     cluster: Cluster,
     /// Reloads in progress, each with the reply its command waits for.
     reloads: Vec<(Reload, Reply<ActionResponse>)>,
+    /// The fd keeper (see [`adopt`]).
+    keeper: Keeper,
+    /// What a previous daemon left, until the restore has taken it.
+    take_over: adopt::TakeOver,
+    /// Set by a handover: the supervisor ends without stopping anything.
+    handed_over: bool,
 }
 
 impl Supervisor {
@@ -283,7 +316,12 @@ impl Supervisor {
             os,
             snapshot,
             shutdown,
+            keeper,
+            kept,
         } = parts;
+        let mut cluster = cluster;
+        cluster.set_keeper(keeper.clone());
+        let take_over = adopt::TakeOver::new(kept, &keeper);
         let user = nix::unistd::User::from_uid(nix::unistd::getuid())
             .ok()
             .flatten()
@@ -306,12 +344,16 @@ impl Supervisor {
             dirty: true,
             cluster,
             reloads: Vec::new(),
+            keeper,
+            take_over,
+            handed_over: false,
         }
     }
 
-    /// Runs until a `kill` command completes or every command sender is gone.
-    pub async fn run(mut self, mut inputs: Inputs) {
+    /// Runs until a `kill` or `handover` command completes or every command sender is gone.
+    pub async fn run(mut self, mut inputs: Inputs) -> Ending {
         let logs = self.logs.clone();
+        self.retire_leftovers();
         self.settle();
         loop {
             let due = self.timers.next();
@@ -344,9 +386,15 @@ impl Supervisor {
                 break;
             }
         }
+        if self.handed_over {
+            // Everything is left as it is for the successor (the keeper holds it).
+            self.settle();
+            return Ending::HandedOver;
+        }
         // Whatever is still running when the supervisor ends is stopped now.
         self.stop_everything_now();
         self.settle();
+        Ending::Stopped
     }
 
     /// Handles one input to completion (without publishing: see [`Supervisor::settle`]).
@@ -374,6 +422,7 @@ impl Supervisor {
         if self.instances.is_empty() && self.pending.is_empty() && self.reloads.is_empty() {
             self.next_id = 0;
         }
+        self.cluster.sync_keeper();
         if self.dirty {
             self.publish();
         }

@@ -94,6 +94,8 @@ impl Rig {
             os: Box::new(fake),
             snapshot: snapshot_tx,
             shutdown: CancellationToken::new(),
+            keeper: crate::keeper::Keeper::none(),
+            kept: Vec::new(),
         });
         let inputs = Inputs {
             commands: command_rx,
