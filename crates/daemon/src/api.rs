@@ -87,7 +87,8 @@ async fn check_version(req: Request, next: Next) -> Response {
             kind: ErrorKind::VersionMismatch,
             message: format!(
                 "this pm2rs CLI is version {client} but the running daemon is version {VERSION}; \
-                 run `pm2rs update` to replace the daemon with this version (apps keep running)"
+                 use a pm2rs CLI of the daemon's version, or run `pm2rs update` with this one to \
+                 replace the daemon by this version (apps keep running)"
             ),
         });
     }

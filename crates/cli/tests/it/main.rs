@@ -11,6 +11,8 @@
 //! - `targets`: what commands act on: a known app's name before PATH, several targets, an
 //!   ecosystem file as the target of stop/restart/reload/delete, `reset`.
 //! - `cluster`: cluster mode, readiness and reload with real servers (Node, Python) on real sockets.
+//! - `takeover`: apps outlive the daemon: kill -9 of the daemon and `pm2rs update` take the
+//!   running instances over (same pids, no line lost, no refused connection).
 //! - `http`: the load client those tests use.
 
 mod apps;
@@ -20,4 +22,5 @@ mod daemon;
 mod harness;
 mod http;
 mod logs;
+mod takeover;
 mod targets;

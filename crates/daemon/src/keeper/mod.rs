@@ -374,7 +374,7 @@ fn detach_stdio() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write as _};
+    use std::io::Read;
 
     /// A keeper serving on a thread of the test process, in a temp home.
     fn keeper_thread(home: &Path) -> std::thread::JoinHandle<anyhow::Result<()>> {
