@@ -188,6 +188,13 @@ impl RealOs {
         } else {
             Err(io::Error::from(io::ErrorKind::Unsupported))
         };
+        // A pid whose process started at another time is not the one we were told about (checked
+        // once the pidfd, if any, pins the process: it cannot be reused after this check).
+        if tracked.start_ticks != 0
+            && process::start_ticks(pid).is_none_or(|t| t != tracked.start_ticks)
+        {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
         match pidfd {
             Ok(fd) => {
                 watched.by_pidfd.insert(pid);
@@ -216,12 +223,6 @@ impl Os for RealOs {
     }
 
     fn watch(&mut self, tracked: Tracked) -> io::Result<()> {
-        // A pid whose process started at another time is not the one we were told about.
-        if tracked.start_ticks != 0
-            && process::start_ticks(tracked.pid).is_none_or(|t| t != tracked.start_ticks)
-        {
-            return Err(io::Error::from(io::ErrorKind::NotFound));
-        }
         let reaper = self.reaper.clone();
         let mut watched = lock(&reaper.watched);
         let child = process::parent(tracked.pid) == Some(Pid::this());
