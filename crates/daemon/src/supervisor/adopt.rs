@@ -27,12 +27,13 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::timers::TimerKind;
 use super::{Event, Instance, Pending, Run, Supervisor, Then, transition};
 use crate::cluster::{KeptSockets, sockets_key};
 use crate::keeper::{Guard, Keeper, Kept};
 use crate::logs::Capture;
 use crate::policy::ExitReason;
-use crate::process::{self, Tracked};
+use crate::process::Tracked;
 
 /// The fd keeper's description of one run; its fds are the read ends of stdout and stderr, then
 /// the daemon's end of the Node IPC channel when `ipc`. Fields added later need serde defaults:
@@ -231,14 +232,28 @@ impl Supervisor {
                     pid: Pid::from_raw(run.pid),
                     start_ticks: run.start_ticks,
                 };
-                let _ = self.os.signal_group(tracked, Signal::SIGTERM);
-                let grace = Duration::from_millis(pm2rs_proto::defaults::KILL_TIMEOUT_MS);
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    let _ = process::signal_group(tracked, Signal::SIGKILL);
-                });
+                if self.os.signal_group(tracked, Signal::SIGTERM).is_ok() {
+                    // Ids from the top down: never an instance's.
+                    let id = u32::MAX - self.retiring.len() as u32;
+                    self.retiring.insert(id, tracked);
+                    let grace = Duration::from_millis(pm2rs_proto::defaults::KILL_TIMEOUT_MS);
+                    self.timers.set_in(id, TimerKind::Retire, grace);
+                }
                 self.keeper.remove(&run_key(tracked.pid));
                 drop(fds);
+            }
+        }
+    }
+
+    /// The grace of retiring run `id` is over: SIGKILL whatever is left of its group.
+    pub(super) fn retire_now(&mut self, id: u32) {
+        if let Some(tracked) = self.retiring.remove(&id)
+            && self.os.group_alive(tracked.pid)
+        {
+            warn!(pid = tracked.pid.as_raw(), "a left-over run outlived SIGTERM; sending SIGKILL");
+            // The leader, if it is still that process, and its group; else what is left of it.
+            if self.os.signal_group(tracked, Signal::SIGKILL).is_err() {
+                self.os.kill_group(tracked.pid);
             }
         }
     }

@@ -305,6 +305,8 @@ pub struct Supervisor {
     take_over: adopt::TakeOver,
     /// Set by a handover: the supervisor ends without stopping anything.
     handed_over: bool,
+    /// Runs of unknown apps a previous daemon left, SIGTERMed, by their `Retire` timer's id.
+    retiring: BTreeMap<u32, Tracked>,
 }
 
 impl Supervisor {
@@ -347,6 +349,7 @@ impl Supervisor {
             keeper,
             take_over,
             handed_over: false,
+            retiring: BTreeMap::new(),
         }
     }
 
