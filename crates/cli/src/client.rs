@@ -13,9 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use pm2rs_proto::{
-    ApiError, ErrorKind, HOME_ENV, SOCKET_FILE, VERSION, VERSION_HEADER, routes,
-};
+use pm2rs_proto::{ApiError, ErrorKind, HOME_ENV, SOCKET_FILE, VERSION, VERSION_HEADER, routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;

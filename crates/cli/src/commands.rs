@@ -618,13 +618,8 @@ async fn update(home: &std::path::Path) -> anyhow::Result<ExitCode> {
         .filter(|p| p.status == pm2rs_proto::Status::Online)
         .count();
     say(&format!(
-        "daemon replaced: {} (pid {}) → {} (pid {}); {} of {} instance(s) kept running, {online} online",
-        old.version,
-        old.pid,
-        new.version,
-        new.pid,
-        handed.running,
-        handed.running,
+        "daemon replaced: {} (pid {}) → {} (pid {}); {} instance(s) kept running, {online} online now",
+        old.version, old.pid, new.version, new.pid, handed.running,
     ))?;
     Ok(ExitCode::SUCCESS)
 }

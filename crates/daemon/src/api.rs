@@ -20,9 +20,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use pm2rs_proto::{
     ActionResponse, ApiError, DescribeResponse, ErrorKind, FlushResponse, HandoverResponse,
-    ListResponse, LogEvent,
-    LogStreamQuery, PingResponse, ReloadRequest, ResetRequest, ScaleRequest, StartRequest,
-    StartResponse, TargetRequest, TargetsRequest, VERSION, VERSION_HEADER, routes,
+    ListResponse, LogEvent, LogStreamQuery, PingResponse, ReloadRequest, ResetRequest,
+    ScaleRequest, StartRequest, StartResponse, TargetRequest, TargetsRequest, VERSION,
+    VERSION_HEADER, routes,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};

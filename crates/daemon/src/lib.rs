@@ -45,9 +45,9 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::api::{ApiState, PeerCheckedListener};
 use crate::home::Home;
+use crate::keeper::{Keeper, Kept};
 use crate::logs::{DaemonLog, LogHub, Rotation};
 use crate::os::RealOs;
-use crate::keeper::{Keeper, Kept};
 use crate::supervisor::{Command, Inputs, Parts, Supervisor};
 
 pub use crate::supervisor::Ending;
@@ -250,7 +250,9 @@ pub async fn serve(
     tracker.wait().await;
     let ending = match supervisor.await {
         Ok(Ok(ending)) => ending,
-        Ok(Err(e)) => anyhow::bail!("the supervisor panicked: {e}; the apps are left running for the next daemon"),
+        Ok(Err(e)) => anyhow::bail!(
+            "the supervisor panicked: {e}; the apps are left running for the next daemon"
+        ),
         Err(e) => anyhow::bail!("the supervisor task failed: {e}"),
     };
     match ending {

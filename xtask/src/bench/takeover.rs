@@ -120,7 +120,10 @@ fn taken_over(h: &mut Harness, before: &BTreeMap<u32, u32>, since: Instant) -> R
     ensure!(
         &after == before,
         "the instances changed across the take-over: {} of {INSTANCES} kept their pid",
-        after.iter().filter(|(id, pid)| before.get(id) == Some(pid)).count()
+        after
+            .iter()
+            .filter(|(id, pid)| before.get(id) == Some(pid))
+            .count()
     );
     Ok(elapsed)
 }
@@ -174,7 +177,9 @@ fn update(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
             samples,
             None,
         )
-        .with_note("from invoking `pm2rs update` until a JSON listing shows all 100 with their old pids"),
+        .with_note(
+            "from invoking `pm2rs update` until a JSON listing shows all 100 with their old pids",
+        ),
         Measurement::repeated("`update` CLI round trip", Unit::Ms, cli, None),
     ])
 }

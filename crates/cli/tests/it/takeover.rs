@@ -77,7 +77,11 @@ fn assert_complete(t: &Pm2rs, id: u32) -> u64 {
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let numbers: Vec<u64> = text
         .lines()
-        .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
+        .map(|l| {
+            l.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {l:?}"))
+        })
         .collect();
     let max = numbers.iter().copied().max().expect("some lines");
     let seen: std::collections::BTreeSet<u64> = numbers.iter().copied().collect();
@@ -125,17 +129,21 @@ fn survives(how: &str) {
     // Nothing restarts behind our back, and nothing was duplicated.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(runs(&t.list()), before, "still the same runs");
-    assert_eq!(script_processes(&t), processes, "no extra process, none lost");
+    assert_eq!(
+        script_processes(&t),
+        processes,
+        "no extra process, none lost"
+    );
     let stats = load.stop();
-    assert_eq!(stats.failed(), 0, "no refused connection: {}", stats.summary());
+    assert_eq!(
+        stats.failed(),
+        0,
+        "no refused connection: {}",
+        stats.summary()
+    );
     // The stream written across the change is whole.
     t.ok(&["stop", "writer"]);
-    for id in t
-        .list()
-        .iter()
-        .filter(|p| p.name == "writer")
-        .map(|p| p.id)
-    {
+    for id in t.list().iter().filter(|p| p.name == "writer").map(|p| p.id) {
         let max = assert_complete(&t, id);
         assert!(max > 100, "instance {id} wrote {max} lines only");
     }

@@ -41,8 +41,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-    UnixAddr,
+    self, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+    SockType, UnixAddr,
 };
 use serde::{Deserialize, Serialize};
 
@@ -97,13 +97,18 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Reply {
-    Hello { protocol: u32, pid: u32 },
+    Hello {
+        protocol: u32,
+        pid: u32,
+    },
     /// One entry, its fds in the same message.
     Entry {
         key: String,
         meta: serde_json::Value,
     },
-    End { entries: usize },
+    End {
+        entries: usize,
+    },
 }
 
 /// Sends one message with `fds` attached. `flags` as for sendmsg (the daemon's runtime side
@@ -157,10 +162,16 @@ fn recv<T: for<'de> Deserialize<'de>>(
                     if let ControlMessageOwned::ScmRights(raw) = c {
                         // SAFETY: the kernel just installed these descriptors in this process
                         // for us; nothing else owns them.
-                        fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        fds.extend(
+                            raw.into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
                     }
                 }
-                if msg.flags.contains(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+                if msg
+                    .flags
+                    .contains(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+                {
                     return Err(io::Error::other("keeper message truncated"));
                 }
                 break (msg.bytes, fds);
@@ -230,8 +241,7 @@ impl Listening {
             None,
         )?;
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let bound =
-            UnixAddr::new(&path).and_then(|addr| socket::bind(listener.as_raw_fd(), &addr));
+        let bound = UnixAddr::new(&path).and_then(|addr| socket::bind(listener.as_raw_fd(), &addr));
         nix::sys::stat::umask(old);
         bound.with_context(|| format!("cannot bind {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -418,7 +428,10 @@ mod tests {
         assert_eq!(text, "written while no daemon ran\n");
         keeper.quit();
         thread.join().unwrap().unwrap();
-        assert!(!socket_path(dir.path()).exists(), "the socket is removed at exit");
+        assert!(
+            !socket_path(dir.path()).exists(),
+            "the socket is removed at exit"
+        );
     }
 
     #[test]

@@ -91,7 +91,8 @@ impl TakeOver {
             }
         }
         // Lowest id first: among two runs of one slot, the older instance wins.
-        t.runs.sort_by_key(|(run, _)| (run.replaces.is_some(), run.id));
+        t.runs
+            .sort_by_key(|(run, _)| (run.replaces.is_some(), run.id));
         t
     }
 
@@ -250,7 +251,10 @@ impl Supervisor {
         if let Some(tracked) = self.retiring.remove(&id)
             && self.os.group_alive(tracked.pid)
         {
-            warn!(pid = tracked.pid.as_raw(), "a left-over run outlived SIGTERM; sending SIGKILL");
+            warn!(
+                pid = tracked.pid.as_raw(),
+                "a left-over run outlived SIGTERM; sending SIGKILL"
+            );
             // The leader, if it is still that process, and its group; else what is left of it.
             if self.os.signal_group(tracked, Signal::SIGKILL).is_err() {
                 self.os.kill_group(tracked.pid);

@@ -8,8 +8,8 @@ use pm2rs_proto::{AppSpec, Status};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::timers::{DRAIN_RECHECK, TimerKind};
 use super::adopt::{KeptHandle, KeptRun, keep_run};
+use super::timers::{DRAIN_RECHECK, TimerKind};
 use super::{Draining, Event, Instance, Run, Supervisor, log_paths, transition};
 use crate::cluster;
 use crate::logs::Drained;
@@ -45,12 +45,11 @@ impl Supervisor {
         let os = &mut self.os;
         let keeper = &self.keeper;
         let started_at_us = pm2rs_proto::unix_micros();
-        let result = match &prepared {
-            Err(e) => Err(std::io::Error::other(e.clone())),
-            Ok(prepared) => {
-                self.logs
-                    .capture(spec.clone(), log_id)
-                    .and_then(|(stdout, stderr, mut capture)| {
+        let result =
+            match &prepared {
+                Err(e) => Err(std::io::Error::other(e.clone())),
+                Ok(prepared) => self.logs.capture(spec.clone(), log_id).and_then(
+                    |(stdout, stderr, mut capture)| {
                         let input = SpawnInput {
                             spec,
                             instance: p.slot,
@@ -81,9 +80,9 @@ impl Supervisor {
                         });
                         let drained = self.logs.start(capture, tracked.pid.as_raw() as u32);
                         Ok((tracked, drained, kept))
-                    })
-            }
-        };
+                    },
+                ),
+            };
         p.out_log = out_log;
         p.err_log = err_log;
         self.timers.cancel_all(id);

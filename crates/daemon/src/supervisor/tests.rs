@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use std::os::fd::OwnedFd;
 
 use super::*;
-use crate::keeper::Kept;
 use crate::cluster::{self, Cluster, Notice, notify};
+use crate::keeper::Kept;
 use crate::logs::LogHub;
 use crate::os as os_seam;
 use crate::os::fake::{self, Behaviour, FakeHandle};
