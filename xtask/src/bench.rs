@@ -25,6 +25,8 @@
 //!   and `| cat` in the same run).
 //! - `cluster`: the cluster suite (req/s of a Node hello-world through a 2-instance cluster, failed
 //!   requests while `reload` runs under load; against PM2's cluster mode with `--compare pm2`).
+//! - `takeover`: pm2rs only: kill -9 of the daemon, and `update`, with 100 instances running →
+//!   the next daemon serving with all of them taken over; the fd keeper's RSS and fds.
 //! - This file: options, the list of suites, the rounds.
 //!
 //! # Adding a suite
@@ -52,6 +54,7 @@ mod harness;
 mod logs;
 mod manager;
 mod report;
+mod takeover;
 
 pub use logs::flood_writer;
 
@@ -79,7 +82,7 @@ pub struct Options {
     pub compare_pm2: bool,
     /// Runs of each suite per manager; default 3, or 1 with `--quick`.
     pub rounds: Option<usize>,
-    /// Run only the suite of this name (`core`, `logs`, `cluster`).
+    /// Run only the suite of this name (`core`, `logs`, `cluster`, `takeover`).
     pub suite: Option<String>,
 }
 
@@ -180,6 +183,7 @@ const SUITES: &[Suite] = &[
         }],
     },
     cluster::SUITE,
+    takeover::SUITE,
 ];
 
 /// How long any "wait until the daemon shows X" may take before the scenario fails.

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use pm2rs_proto::{ApiError, ErrorKind, HOME_ENV, SOCKET_FILE, VERSION, VERSION_HEADER};
+use pm2rs_proto::{ApiError, ErrorKind, HOME_ENV, SOCKET_FILE, VERSION, VERSION_HEADER, routes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
@@ -183,14 +183,18 @@ impl Client {
                 String::from_utf8_lossy(&body)
             );
         }
+        // Ping, kill and handover work across versions: an old daemon can always be identified,
+        // stopped or replaced.
+        let exempt = [routes::PING, routes::KILL, routes::HANDOVER].contains(&path);
         if let Some(v) = daemon_version
             && v != VERSION
+            && !exempt
         {
             return Err(DaemonError(ApiError {
                 kind: ErrorKind::VersionMismatch,
                 message: format!(
                     "this pm2rs CLI is version {VERSION} but the running daemon is version {v}; \
-                     run `pm2rs kill`, then retry"
+                     run `pm2rs update` to replace it with this version (apps keep running)"
                 ),
             })
             .into());

@@ -156,7 +156,8 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::ReloadLogs => crate::logs::reload(&home).await,
         Cmd::Startup(args) => crate::startup::startup(&home, &args),
         Cmd::Unstartup(args) => crate::startup::unstartup(&args),
-        Cmd::Daemon { .. } => unreachable_daemon(),
+        Cmd::Update => update(&home).await,
+        Cmd::Daemon { .. } | Cmd::Keeper => unreachable_daemon(),
     }
 }
 
@@ -563,7 +564,7 @@ async fn print_list(c: &mut Client) -> anyhow::Result<ExitCode> {
 }
 
 async fn kill(home: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let Some(mut c) = Client::connect(home).await? else {
+    let Some(mut c) = connect_or_take_over(home).await? else {
         say("no daemon is running")?;
         return Ok(ExitCode::SUCCESS);
     };
@@ -595,6 +596,63 @@ async fn kill(home: &std::path::Path) -> anyhow::Result<ExitCode> {
     say(&format!(
         "stopped {} process(es) and the daemon; the dump keeps the apps: `pm2rs resurrect` brings them back",
         resp.ids.len()
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the daemon; when none runs but the fd keeper holds apps a dead daemon left, starts
+/// one (it takes them over). `None`: no daemon, nothing left.
+async fn connect_or_take_over(home: &std::path::Path) -> anyhow::Result<Option<Client>> {
+    if let Some(c) = Client::connect(home).await? {
+        return Ok(Some(c));
+    }
+    let home_owned = home.to_path_buf();
+    let left = tokio::task::spawn_blocking(move || pm2rs_daemon::keeper::answers(&home_owned))
+        .await
+        .unwrap_or(false);
+    if !left {
+        return Ok(None);
+    }
+    say("apps of a daemon that ended are still running; starting a daemon to take them over")?;
+    Ok(Some(Client::connect_or_start(home).await?))
+}
+
+/// `pm2rs update`: hands the running daemon's apps to a daemon of this binary.
+async fn update(home: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let Some(mut c) = Client::connect(home).await? else {
+        if connect_or_take_over(home).await?.is_some() {
+            say("a daemon of this version took the running apps over")?;
+        } else {
+            say("no daemon is running; the next command starts this version")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let old: PingResponse = c.get(routes::PING).await?;
+    let pid_file = home.join(PID_FILE);
+    let lock_file = std::fs::File::open(&pid_file)
+        .with_context(|| format!("cannot open {}", pid_file.display()))?;
+    let handed: pm2rs_proto::HandoverResponse = c.post(routes::HANDOVER, &()).await?;
+    if !lock_released(lock_file, KILL_WAIT).await? {
+        anyhow::bail!(
+            "the old daemon (pid {}) is still running after {}s; see {}",
+            old.pid,
+            KILL_WAIT.as_secs(),
+            home.join(pm2rs_proto::DAEMON_LOG_FILE).display()
+        );
+    }
+    // Under systemd the unit restarts the daemon; else this binary starts it. Either way the
+    // first to take the home's lock serves, and the other waits for its socket.
+    let mut c = Client::connect_or_start(home).await?;
+    let new: PingResponse = c.get(routes::PING).await?;
+    let list: ListResponse = c.get(routes::LIST).await?;
+    let online = list
+        .processes
+        .iter()
+        .filter(|p| p.status == pm2rs_proto::Status::Online)
+        .count();
+    say(&format!(
+        "daemon replaced: {} (pid {}) → {} (pid {}); {} instance(s) kept running, {online} online now",
+        old.version, old.pid, new.version, new.pid, handed.running,
     ))?;
     Ok(ExitCode::SUCCESS)
 }

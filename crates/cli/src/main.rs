@@ -28,6 +28,9 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// Exit code of a daemon that handed its apps over to a successor (`pm2rs update`).
+pub const HANDED_OVER: u8 = 75;
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Start apps from an ecosystem file (.toml, or PM2's .json, .yml, *.config.js), from
@@ -109,6 +112,9 @@ pub enum Cmd {
     Save,
     /// Start the apps of the dump that the daemon does not know yet (stopped ones stay stopped).
     Resurrect,
+    /// Replace the running daemon with this pm2rs binary (after installing a new version):
+    /// every app keeps running, same pids, no line of output lost.
+    Update,
     /// Run the daemon in the foreground (what a service unit or container runs).
     Daemon {
         /// Used by the CLI when it starts the daemon in the background.
@@ -123,6 +129,10 @@ pub enum Cmd {
     Startup(startup::StartupArgs),
     /// Remove the boot-time service `startup --install` wrote.
     Unstartup(startup::UnstartupArgs),
+    /// The fd keeper the daemon starts: holds the apps' pipes and sockets across a daemon crash
+    /// or update (internal).
+    #[command(hide = true)]
+    Keeper,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +253,12 @@ impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Keeper = cli.command {
+        return match client::home_dir().and_then(|home| pm2rs_daemon::keeper::run(&home)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     if let Cmd::Daemon {
         detached,
         resurrect,
@@ -262,7 +278,9 @@ fn main() -> ExitCode {
             log_defaults,
             resurrect,
         }) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(pm2rs_daemon::Ending::Stopped) => ExitCode::SUCCESS,
+            // EX_TEMPFAIL: a service manager (Restart=on-failure) starts the successor.
+            Ok(pm2rs_daemon::Ending::HandedOver) => ExitCode::from(HANDED_OVER),
             Err(e) => fail(&e),
         };
     }

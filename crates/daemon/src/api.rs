@@ -19,8 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pm2rs_proto::{
-    ActionResponse, ApiError, DescribeResponse, ErrorKind, FlushResponse, ListResponse, LogEvent,
-    LogStreamQuery, PingResponse, ReloadRequest, ResetRequest, ResurrectResponse, SaveResponse,
+    ActionResponse, ApiError, DescribeResponse, ErrorKind, FlushResponse, HandoverResponse,
+    ListResponse, LogEvent, LogStreamQuery, PingResponse, ReloadRequest, ResetRequest,
+    ResurrectResponse, SaveResponse,
     ScaleRequest, StartRequest, StartResponse, TargetRequest, TargetsRequest, VERSION,
     VERSION_HEADER, routes,
 };
@@ -66,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .route(routes::KILL, post(kill))
         .route(routes::SAVE, post(save))
         .route(routes::RESURRECT, post(resurrect))
+        .route(routes::HANDOVER, post(handover))
         .route(routes::LOG_STREAM, get(log_stream))
         .route(routes::LOG_FLUSH, post(log_flush))
         .route(routes::LOG_RELOAD, post(log_reload))
@@ -73,11 +75,12 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Refuses requests from a client of another version (except ping and kill, so an old daemon can
-/// always be identified and stopped), and stamps every reply with the daemon's version.
+/// Refuses requests from a client of another version (except ping, kill and handover, so an old
+/// daemon can always be identified, stopped or replaced), and stamps every reply with the
+/// daemon's version.
 async fn check_version(req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let exempt = path == routes::PING || path == routes::KILL;
+    let exempt = path == routes::PING || path == routes::KILL || path == routes::HANDOVER;
     if let Some(client) = req.headers().get(VERSION_HEADER)
         && client.as_bytes() != VERSION.as_bytes()
         && !exempt
@@ -87,7 +90,8 @@ async fn check_version(req: Request, next: Next) -> Response {
             kind: ErrorKind::VersionMismatch,
             message: format!(
                 "this pm2rs CLI is version {client} but the running daemon is version {VERSION}; \
-                 run `pm2rs kill`, then retry (apps are restarted from your ecosystem file)"
+                 use a pm2rs CLI of the daemon's version, or run `pm2rs update` with this one to \
+                 replace the daemon by this version (apps keep running)"
             ),
         });
     }
@@ -424,6 +428,10 @@ async fn resurrect(State(state): State<ApiState>) -> ApiResult<ResurrectResponse
             })
         })?;
     ask(&state, |reply| Command::Resurrect { loaded, reply }).await
+}
+
+async fn handover(State(state): State<ApiState>) -> ApiResult<HandoverResponse> {
+    ask(&state, |reply| Command::Handover { reply }).await
 }
 
 /// A Unix listener that drops connections from any uid other than `uid` (checked with SO_PEERCRED).

@@ -23,6 +23,7 @@
 pub mod api;
 pub mod cluster;
 pub mod home;
+pub mod keeper;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
@@ -49,10 +50,13 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::api::{ApiState, PeerCheckedListener};
 use crate::home::Home;
+use crate::keeper::{Keeper, Kept};
 use crate::logs::{DaemonLog, LogHub, Rotation};
 use crate::os::RealOs;
 use crate::state::Loaded;
 use crate::supervisor::{Command, DumpLink, Inputs, Parts, Supervisor};
+
+pub use crate::supervisor::Ending;
 
 /// How `pm2rs daemon` was asked to run.
 #[derive(Debug, Clone)]
@@ -72,10 +76,11 @@ const LOG_WRITE_THREADS: usize = 8;
 /// How long the daemon waits at exit for the last output of its apps to reach the files.
 const LOG_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs the daemon in the foreground until `pm2rs kill`, SIGTERM or SIGINT. Prints `ready <pid>` on
+/// Runs the daemon in the foreground until `pm2rs kill`, SIGTERM or SIGINT (every app stopped), or
+/// a handover to a successor (`pm2rs update`: every app left running). Prints `ready <pid>` on
 /// stdout once the socket accepts connections (the CLI waits for that line). Once per process: the
 /// pid-file lock it takes is held until the process exits.
-pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
+pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<Ending> {
     // First, while the process has one thread: no app may inherit the service manager's socket.
     sd_notify::take_from_env();
     let home = Home::new(opts.home);
@@ -83,17 +88,33 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
     let lock = home.lock()?;
     let hub = LogHub::new(home.logs_dir(), opts.log_defaults);
     init_tracing(&home, &hub)?;
-    let restore = if opts.resurrect {
+    nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
+    UNDER_SERVICE.store(
+        !opts.detached && std::env::var_os("INVOCATION_ID").is_some(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    // The keeper of the apps' pipes and sockets, and what a previous daemon left with it.
+    let (keeper, kept) =
+        match Keeper::connect_or_start(&home.dir, std::path::Path::new("/proc/self/exe")) {
+            Ok(k) => k,
+            Err(e) => {
+                error!(%e, "no fd keeper: apps will not outlive this daemon");
+                (Keeper::none(), Vec::new())
+            }
+        };
+    // Apps a previous daemon left running are taken over within the dump's desired state, so
+    // the dump is restored then too, not only with `--resurrect`.
+    let restore = if opts.resurrect || !kept.is_empty() {
         state::load(&home.dir)
     } else {
         Loaded::default()
     };
-    nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(LOG_WRITE_THREADS)
         .build()
         .context("cannot start the async runtime")?;
+    let serve_keeper = keeper.clone();
     let result = runtime.block_on(async {
         let listener = home.bind(&lock)?;
         let shutdown = CancellationToken::new();
@@ -133,28 +154,56 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<()> {
             notify_service_manager("STOPPING=1\nSTATUS=stopping every app");
         });
         info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
-        serve_with(listener, home.clone(), hub, shutdown, signalled, restore).await
+        let kept = Keeping {
+            keeper: serve_keeper,
+            kept,
+        };
+        serve_with(listener, home.clone(), hub, shutdown, signalled, restore, kept).await
     });
+    match result {
+        // Every app is stopped: the keeper has nothing left to keep.
+        Ok(Ending::Stopped) => keeper.quit(),
+        // Handed over, or failed: what the keeper holds is for the next daemon.
+        _ => keeper.detach(),
+    }
     // Blocking threads still writing log files finish before the daemon counts as gone.
     drop(runtime);
     home.cleanup();
-    info!("daemon exited");
+    info!(ending = ?result.as_ref().ok(), "daemon exited");
     // The pid-file lock is released by the kernel as the process ends, not before: `pm2rs kill`
     // waits on it and reports the daemon gone once nothing of it runs any more.
     std::mem::forget(lock);
     result
 }
 
-/// Serves the API on `listener` and runs the supervisor until `shutdown` is cancelled (by `kill`), or
-/// `stop_apps` is cancelled (by a signal: every app is stopped first, then the daemon ends).
+/// Set when the daemon runs as a service's main process (systemd): a successor after a
+/// handover is started by the service manager, not by the client.
+static UNDER_SERVICE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the daemon runs as a service's main process.
+pub fn under_service_manager() -> bool {
+    UNDER_SERVICE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The fd keeper a daemon works with, and what a previous daemon left with it.
+#[derive(Default)]
+pub struct Keeping {
+    pub keeper: Keeper,
+    pub kept: Vec<Kept>,
+}
+
+/// Serves the API on `listener` and runs the supervisor until `shutdown` is cancelled (by `kill` or
+/// a handover), or `stop_apps` is cancelled (by a signal: every app is stopped first, then the
+/// daemon ends). `keeping`: the fd keeper and what a previous daemon left (the default: none).
 pub async fn serve(
     listener: UnixListener,
     home: Home,
     logs: LogHub,
     shutdown: CancellationToken,
     stop_apps: CancellationToken,
-) -> anyhow::Result<()> {
-    serve_with(listener, home, logs, shutdown, stop_apps, Loaded::default()).await
+    keeping: Keeping,
+) -> anyhow::Result<Ending> {
+    serve_with(listener, home, logs, shutdown, stop_apps, Loaded::default(), keeping).await
 }
 
 /// [`serve`], first restoring the apps of `restore` (a dump [`state::load`] read).
@@ -165,7 +214,8 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     stop_apps: CancellationToken,
     restore: Loaded,
-) -> anyhow::Result<()> {
+    keeping: Keeping,
+) -> anyhow::Result<Ending> {
     let tracker = TaskTracker::new();
     // The dump writer ends once the supervisor (the sender) is gone, after its last write.
     let (desired_tx, desired_rx) = watch::channel(None);
@@ -191,6 +241,8 @@ pub async fn serve_with(
             written: written_rx,
             path: state::dump_path(&home.dir),
         }),
+        keeper: keeping.keeper,
+        kept: keeping.kept,
     });
     let sup_done = shutdown.clone();
     // However the supervisor ends (a kill, or even a panic), the daemon ends with it rather than
@@ -200,11 +252,10 @@ pub async fn serve_with(
         exits: exit_rx,
         notices: notice_rx,
     }));
-    tracker.spawn(async move {
-        if let Err(e) = supervisor.await {
-            error!(%e, "supervisor panicked");
-        }
+    let supervisor = tracker.spawn(async move {
+        let ending = supervisor.await;
         sup_done.cancel();
+        ending
     });
     tracker.spawn(metrics::run(
         snapshot_rx.clone(),
@@ -248,9 +299,20 @@ pub async fn serve_with(
         .context("control socket server failed")?;
     tracker.close();
     tracker.wait().await;
-    // Every app is gone: let the drains write what is left in the pipes.
-    logs.finish(LOG_DRAIN_GRACE).await;
-    Ok(())
+    let ending = match supervisor.await {
+        Ok(Ok(ending)) => ending,
+        Ok(Err(e)) => anyhow::bail!(
+            "the supervisor panicked: {e}; the apps are left running for the next daemon"
+        ),
+        Err(e) => anyhow::bail!("the supervisor task failed: {e}"),
+    };
+    match ending {
+        // Every app is gone: let the drains write what is left in the pipes.
+        Ending::Stopped => logs.finish(LOG_DRAIN_GRACE).await,
+        // The apps run on: the drains stop, leaving what they have not written in the pipes.
+        Ending::HandedOver => logs.finish(LOG_DRAIN_GRACE).await,
+    }
+    Ok(ending)
 }
 
 fn announce_ready(detached: bool) {

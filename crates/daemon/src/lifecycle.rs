@@ -31,6 +31,8 @@ pub enum Event {
     StartRequested,
     /// The daemon is ending with the instance still running: its group was SIGKILLed.
     KilledAtExit,
+    /// A new daemon took over its running process from one that died or was replaced.
+    TakenOver,
 }
 
 /// The status after `event` in `from`, or `None` when the event is not allowed there.
@@ -51,6 +53,7 @@ pub fn next(from: Status, event: Event) -> Option<Status> {
         (S::WaitingRestart, E::DelayElapsed) => S::Launching,
         (S::Stopped | S::Errored, E::StartRequested) => S::Launching,
         (S::Launching | S::Online | S::Stopping, E::KilledAtExit) => S::Stopped,
+        (S::Stopped, E::TakenOver) => S::Online,
         _ => return None,
     })
 }

@@ -188,6 +188,13 @@ impl RealOs {
         } else {
             Err(io::Error::from(io::ErrorKind::Unsupported))
         };
+        // A pid whose process started at another time is not the one we were told about (checked
+        // once the pidfd, if any, pins the process: it cannot be reused after this check).
+        if tracked.start_ticks != 0
+            && process::start_ticks(pid).is_none_or(|t| t != tracked.start_ticks)
+        {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
         match pidfd {
             Ok(fd) => {
                 watched.by_pidfd.insert(pid);

@@ -81,6 +81,10 @@ pub mod routes {
     /// `POST` (empty body) → [`crate::ResurrectResponse`]: starts the dump's apps the daemon
     /// does not know.
     pub const RESURRECT: &str = "/v1/resurrect";
+    /// `POST` (empty body) → [`crate::HandoverResponse`]; the daemon exits leaving every app
+    /// running, for a successor (`pm2rs update`) to take them over. Exempt from the version
+    /// check, as kill and ping are.
+    pub const HANDOVER: &str = "/v1/daemon/handover";
 }
 
 /// How an app's instances are run.
@@ -517,6 +521,17 @@ pub struct ActionResponse {
     pub processes: Vec<ProcessInfo>,
     /// Ids of the instances that were acted on.
     pub ids: Vec<u32>,
+}
+
+/// Reply of handover: the daemon is about to exit, its apps left running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverResponse {
+    /// Instances left running for the successor.
+    pub running: usize,
+    /// Whether the daemon runs under a service manager (systemd) that starts the successor:
+    /// the client then waits for it rather than starting one.
+    #[serde(default)]
+    pub service_manager: bool,
 }
 
 /// `POST /v1/apps/describe`: everything known about the matching instances.

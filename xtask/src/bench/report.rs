@@ -36,6 +36,8 @@ pub enum Unit {
     PerSec,
     /// A count of requests (failed ones).
     Requests,
+    /// A count of open file descriptors.
+    Fds,
 }
 
 impl Unit {
@@ -48,6 +50,7 @@ impl Unit {
             Unit::Ratio => "×",
             Unit::PerSec => "req/s",
             Unit::Requests => "requests",
+            Unit::Fds => "fds",
         }
     }
 }

@@ -27,7 +27,7 @@ fn node_server(port: u16) -> String {
 /// A Python server that serves the socket handed as fd 3 (checking LISTEN_PID is its own pid)
 /// and says READY=1 on NOTIFY_SOCKET, unless the file `never-ready` exists. It also pings the
 /// watchdog when `PING_WATCHDOG` is set.
-const PY_SERVER: &str = r#"
+pub const PY_SERVER: &str = r#"
 import http.server, os, socket, socketserver, sys
 if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
     sys.exit("bad LISTEN_PID/LISTEN_FDS: %r %r" % (os.environ.get("LISTEN_PID"), os.environ.get("LISTEN_FDS")))

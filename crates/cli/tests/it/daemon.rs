@@ -104,10 +104,7 @@ fn a_client_of_another_version_is_told_how_to_fix_it() {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 409"), "{resp}");
-    assert!(
-        resp.contains("pm2rs kill, then retry") || resp.contains("`pm2rs kill`, then retry"),
-        "{resp}"
-    );
+    assert!(resp.contains("run `pm2rs update` with this one"), "{resp}");
     assert!(resp.contains("version_mismatch"), "{resp}");
 }
 

@@ -206,12 +206,19 @@ impl Pm2rs {
         let text = std::fs::read_to_string(self.home().join("pm2rs.pid")).ok()?;
         text.trim().parse().ok().map(Pid::from_raw)
     }
+
+    /// The fd keeper's pid from its pid file, if the file exists.
+    pub fn keeper_pid(&self) -> Option<Pid> {
+        let text = std::fs::read_to_string(self.home().join("keeper.pid")).ok()?;
+        text.trim().parse().ok().map(Pid::from_raw)
+    }
 }
 
 impl Drop for Pm2rs {
     fn drop(&mut self) {
         let daemon = self.daemon_pid();
-        // Graceful first: stops every app and the daemon.
+        // Graceful first: stops every app and the daemon (and the fd keeper; a daemon killed by
+        // the test is replaced by one that takes its apps over, then stops them).
         if let Ok(child) = self
             .command(&["kill"])
             .stdin(Stdio::null())
@@ -223,6 +230,11 @@ impl Drop for Pm2rs {
         }
         // Then by force, whatever is left.
         if let Some(pid) = daemon
+            && alive(pid)
+        {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if let Some(pid) = self.keeper_pid()
             && alive(pid)
         {
             let _ = kill(pid, Signal::SIGKILL);

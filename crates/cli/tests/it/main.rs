@@ -11,6 +11,8 @@
 //! - `targets`: what commands act on: a known app's name before PATH, several targets, an
 //!   ecosystem file as the target of stop/restart/reload/delete, `reset`.
 //! - `cluster`: cluster mode, readiness and reload with real servers (Node, Python) on real sockets.
+//! - `takeover`: apps outlive the daemon: kill -9 of the daemon and `pm2rs update` take the
+//!   running instances over (same pids, no line lost, no refused connection).
 //! - `http`: the load client those tests use.
 //! - `boot`: `startup`/`unstartup` and their files (systemd units verified), the daemon's own
 //!   sd_notify (`READY=1`, `STOPPING=1`, its `NOTIFY_SOCKET` kept from the apps).
@@ -26,4 +28,5 @@ mod harness;
 mod http;
 mod logs;
 mod state;
+mod takeover;
 mod targets;

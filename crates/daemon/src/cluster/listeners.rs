@@ -52,6 +52,24 @@ impl AppSockets {
         &self.addrs
     }
 
+    pub fn mode(&self) -> ClusterSocket {
+        self.mode
+    }
+
+    /// Every bound slot with its sockets (one per address, in `addrs` order).
+    pub fn slots(&self) -> impl Iterator<Item = (u32, &[OwnedFd])> {
+        self.slots.iter().map(|(slot, fds)| (*slot, fds.as_slice()))
+    }
+
+    /// Sockets bound by an earlier daemon (handed back by the fd keeper), as they were.
+    pub fn from_slots(
+        addrs: Vec<SocketAddr>,
+        mode: ClusterSocket,
+        slots: BTreeMap<u32, Vec<OwnedFd>>,
+    ) -> AppSockets {
+        AppSockets { addrs, mode, slots }
+    }
+
     /// The sockets for instance `instance`, binding its slot's sockets on first use.
     pub fn fds_for(&mut self, instance: u32) -> Result<Vec<RawFd>, String> {
         let slot = match self.mode {

@@ -19,18 +19,20 @@ pub mod listeners;
 pub mod notify;
 pub mod reload;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
-use pm2rs_proto::{AppSpec, ExecMode};
+use pm2rs_proto::{AppSpec, ClusterSocket, ExecMode};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use self::handoff::Handoff;
 use self::listeners::AppSockets;
+use crate::keeper::Keeper;
 
 /// The preload shim for Node apps.
 pub const NODE_SHIM: &str = include_str!("node_shim.js");
@@ -73,6 +75,34 @@ pub struct Prepared {
     ipc: Option<OwnedFd>,
 }
 
+impl Prepared {
+    /// The daemon's end of the Node IPC channel, for the fd keeper to hold a duplicate of.
+    pub fn ipc(&self) -> Option<BorrowedFd<'_>> {
+        self.ipc.as_ref().map(AsFd::as_fd)
+    }
+}
+
+/// The fd keeper's description of one app's sockets (its key: [`sockets_key`]); the fds follow
+/// in the same order: group by group, slot by slot, one per address.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeptSockets {
+    groups: Vec<KeptGroup>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct KeptGroup {
+    /// Bound on a Node instance's request, not declared with `listen`.
+    requested: bool,
+    addrs: Vec<SocketAddr>,
+    mode: ClusterSocket,
+    slots: Vec<u32>,
+}
+
+/// The fd keeper's key of `app`'s sockets.
+pub fn sockets_key(app: &str) -> String {
+    format!("sockets/{app}")
+}
+
 /// Sockets of every app, the notify socket and the shim file.
 pub struct Cluster {
     sockets: HashMap<String, AppSockets>,
@@ -85,6 +115,10 @@ pub struct Cluster {
     notify_path: Option<PathBuf>,
     shim_path: Option<PathBuf>,
     notices: mpsc::Sender<Notice>,
+    /// Holds a copy of every app's sockets, so they outlive the daemon.
+    keeper: Keeper,
+    /// Apps whose sockets changed since the keeper was last told.
+    changed: BTreeSet<String>,
 }
 
 impl Cluster {
@@ -121,7 +155,90 @@ impl Cluster {
             notify_path,
             shim_path,
             notices: tx,
+            keeper: Keeper::none(),
+            changed: BTreeSet::new(),
         }
+    }
+
+    /// From now on the fd keeper holds a copy of every app's sockets.
+    pub fn set_keeper(&mut self, keeper: Keeper) {
+        self.keeper = keeper;
+    }
+
+    /// Tells the fd keeper about every app whose sockets changed (once per supervisor step).
+    pub fn sync_keeper(&mut self) {
+        for app in std::mem::take(&mut self.changed) {
+            let mut groups = Vec::new();
+            let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+            let configured = self.sockets.get(&app).map(|s| (false, s));
+            let requested = self
+                .requested
+                .get(&app)
+                .into_iter()
+                .flat_map(|m| m.values())
+                .map(|s| (true, s));
+            for (requested, sockets) in configured.into_iter().chain(requested) {
+                let mut slots = Vec::new();
+                for (slot, held) in sockets.slots() {
+                    slots.push(slot);
+                    fds.extend(held.iter().map(AsFd::as_fd));
+                }
+                groups.push(KeptGroup {
+                    requested,
+                    addrs: sockets.addrs().to_vec(),
+                    mode: sockets.mode(),
+                    slots,
+                });
+            }
+            let key = sockets_key(&app);
+            if fds.is_empty() {
+                self.keeper.remove(&key);
+            } else if fds.len() > crate::keeper::MAX_FDS {
+                warn!(%app, "too many sockets for the fd keeper; they will not outlive the daemon");
+                self.keeper.remove(&key);
+            } else {
+                self.keeper.put(&key, &KeptSockets { groups }, &fds);
+            }
+        }
+    }
+
+    /// Takes back `app`'s sockets from an earlier daemon (as the fd keeper handed them back).
+    pub fn adopt_sockets(&mut self, app: &str, kept: KeptSockets, fds: Vec<OwnedFd>) {
+        let mut fds = fds.into_iter();
+        for group in kept.groups {
+            let mut slots = BTreeMap::new();
+            for slot in group.slots {
+                let held: Vec<OwnedFd> = fds.by_ref().take(group.addrs.len()).collect();
+                if held.len() == group.addrs.len() {
+                    slots.insert(slot, held);
+                }
+            }
+            let first = group.addrs.first().copied();
+            let sockets = AppSockets::from_slots(group.addrs, group.mode, slots);
+            if group.requested {
+                if let Some(addr) = first {
+                    self.requested
+                        .entry(app.to_string())
+                        .or_default()
+                        .insert(addr, sockets);
+                }
+            } else {
+                self.sockets.insert(app.to_string(), sockets);
+            }
+        }
+    }
+
+    /// Whether `app` holds any socket.
+    pub fn has_sockets(&self, app: &str) -> bool {
+        self.sockets.contains_key(app) || self.requested.contains_key(app)
+    }
+
+    /// Reads the IPC channel of a Node instance taken over from an earlier daemon.
+    pub fn adopted(&mut self, pid: Pid, ipc: OwnedFd) {
+        if let Ok(out) = ipc.try_clone() {
+            self.ipc_out.insert(pid, out);
+        }
+        tokio::spawn(ipc::run(ipc, pid, self.notices.clone()));
     }
 
     /// Binds the addresses of every spec of a `start` request before anything changes: all of
@@ -149,6 +266,7 @@ impl Cluster {
             bound.push((spec.name.clone(), sockets));
         }
         for (name, sockets) in bound {
+            self.changed.insert(name.clone());
             match sockets {
                 Some(s) => self.sockets.insert(name, s),
                 None => self.sockets.remove(&name),
@@ -162,6 +280,7 @@ impl Cluster {
         if !self.is_bound(spec) {
             let sockets = AppSockets::bind(&spec.listen, spec.cluster_socket, &[])?;
             self.sockets.insert(spec.name.clone(), sockets);
+            self.changed.insert(spec.name.clone());
         }
         Ok(())
     }
@@ -181,7 +300,11 @@ impl Cluster {
         self.bind(spec)?;
         let mut handoff = Handoff::default();
         if let Some(sockets) = self.sockets.get_mut(&spec.name) {
+            let before = sockets.slots().count();
             handoff.listen = sockets.fds_for(instance)?;
+            if sockets.slots().count() != before {
+                self.changed.insert(spec.name.clone());
+            }
             let names: Vec<String> = spec
                 .listen
                 .iter()
@@ -299,6 +422,7 @@ impl Cluster {
                     AppSockets::bind(&[addr], spec.cluster_socket, &[]).map(|s| e.insert(s))
                 }
             };
+            self.changed.insert(spec.name.clone());
             sockets.and_then(|s| s.fds_for(instance))
         };
         let sent = match result {
@@ -319,6 +443,7 @@ impl Cluster {
 
     /// Closes the socket slot of instance `instance` of `app` (scale down).
     pub fn release(&mut self, app: &str, instance: u32) {
+        self.changed.insert(app.to_string());
         if let Some(s) = self.sockets.get_mut(app) {
             s.release(instance);
         }
@@ -334,6 +459,7 @@ impl Cluster {
 
     /// Closes every socket of `app` (stopped or deleted): new connections are refused again.
     pub fn close(&mut self, app: &str) {
+        self.changed.insert(app.to_string());
         self.sockets.remove(app);
         self.requested.remove(app);
     }

@@ -21,7 +21,7 @@ mod sink;
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
@@ -204,6 +204,42 @@ pub struct Capture {
     err_read: OwnedFd,
     spec: Arc<AppSpec>,
     id: u32,
+    /// Held by both drains until their pipe ends (the fd keeper's entry of this run).
+    hold: Option<Arc<dyn Send + Sync>>,
+}
+
+impl Capture {
+    /// The read ends (stdout, stderr), for the fd keeper to hold duplicates of.
+    pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.out_read.as_fd(), self.err_read.as_fd()]
+    }
+
+    /// The read ends of a run's pipes that came from elsewhere (the fd keeper hands them to the
+    /// daemon that takes the run over), made non-blocking.
+    pub fn from_pipes(
+        out_read: OwnedFd,
+        err_read: OwnedFd,
+        spec: Arc<AppSpec>,
+        id: u32,
+    ) -> io::Result<Capture> {
+        for read in [&out_read, &err_read] {
+            let flags = nix::fcntl::fcntl(read, nix::fcntl::FcntlArg::F_GETFL)?;
+            let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(read, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        }
+        Ok(Capture {
+            out_read,
+            err_read,
+            spec,
+            id,
+            hold: None,
+        })
+    }
+
+    /// Keeps `guard` alive until both pipes are drained.
+    pub fn hold(&mut self, guard: Arc<dyn Send + Sync>) {
+        self.hold = Some(guard);
+    }
 }
 
 /// The daemon-wide log state. Cheap to clone; every clone is the same hub.
@@ -293,6 +329,7 @@ impl LogHub {
             err_read,
             spec,
             id,
+            hold: None,
         };
         Ok((stdout, stderr, capture))
     }
@@ -305,6 +342,7 @@ impl LogHub {
             err_read,
             spec,
             id,
+            hold,
         } = capture;
         let files = paths(&self.inner.logs_dir, &spec, id);
         let rotation = self.rotation(&spec);
@@ -340,8 +378,10 @@ impl LogHub {
             };
             let open = drained.open.clone();
             let inner = self.inner.clone();
+            let hold = hold.clone();
             self.inner.drains.spawn(async move {
                 drain.run(read).await;
+                drop(hold);
                 debug!(id, ?stream, "log pipe drained");
                 open.fetch_sub(1, Ordering::Release);
                 inner.drain_ended.notify_one();

@@ -144,6 +144,29 @@ impl FakeHandle {
             .insert(app.to_string(), behaviour);
     }
 
+    /// A process a previous daemon left running (not spawned by this fake): its pid and the
+    /// read ends of its stdout and stderr pipes, as the fd keeper would hand them back.
+    pub fn left_running(&self, app: &str, slot: u32) -> (Pid, OwnedFd, OwnedFd) {
+        let mut table = lock(&self.table);
+        let behaviour = table.behaviours.get(app).copied().unwrap_or_default();
+        let pid = Pid::from_raw(table.next_pid);
+        table.next_pid += 1;
+        let (out_read, out_write) = nix::unistd::pipe().expect("a pipe");
+        let (err_read, err_write) = nix::unistd::pipe().expect("a pipe");
+        table.processes.insert(
+            pid,
+            FakeProcess {
+                app: app.to_string(),
+                slot,
+                leader_alive: true,
+                member_alive: behaviour.leaves_member,
+                behaviour,
+                pipes: Some((out_write, err_write)),
+            },
+        );
+        (pid, out_read, err_read)
+    }
+
     /// The leader of `pid` exits on its own.
     pub fn exit(&self, pid: Pid, reason: ExitReason) {
         lock(&self.table).leader_exits(pid, reason, &self.exits);
@@ -262,7 +285,11 @@ impl Os for FakeOs {
     }
 
     fn watch(&mut self, tracked: Tracked) -> io::Result<()> {
-        if lock(&self.table).processes.contains_key(&tracked.pid) {
+        if lock(&self.table)
+            .processes
+            .get(&tracked.pid)
+            .is_some_and(|p| p.leader_alive)
+        {
             Ok(())
         } else {
             Err(io::Error::from(io::ErrorKind::NotFound))

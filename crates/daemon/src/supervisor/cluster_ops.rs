@@ -283,6 +283,7 @@ impl reload::Host for Supervisor {
         if let Some(run) = p.run {
             self.by_pid.insert(run.tracked.pid, old);
         }
+        super::adopt::update_kept(&self.keeper, &p);
         self.instances.insert(old, p);
         true
     }

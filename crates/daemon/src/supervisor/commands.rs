@@ -48,7 +48,43 @@ impl Supervisor {
                 self.stop_ids(&ids);
                 self.pending.push(Pending::new(ids, Then::Kill(reply)));
             }
+            Command::Handover { reply } => self.handover(reply),
         }
+    }
+
+    /// Ends the supervisor leaving every app running: the fd keeper keeps what they need, and
+    /// nothing is removed from it from now on. Refused while a command is still under way (a
+    /// stop, a restart, a reload): its end would be lost with this daemon.
+    fn handover(&mut self, reply: Reply<pm2rs_proto::HandoverResponse>) {
+        if !self.pending.is_empty() || !self.reloads.is_empty() {
+            let error = api_error(
+                ErrorKind::Failed,
+                "a stop, restart or reload is still under way; retry once it is done",
+            );
+            self.outbox.reply(reply, Err(error));
+            return;
+        }
+        if !self.keeper.is_active() {
+            let error = api_error(
+                ErrorKind::Failed,
+                "this daemon has no fd keeper, so its apps cannot outlive it (see pm2rs.log); \
+                 `pm2rs kill` then `pm2rs resurrect` restarts them with the new version",
+            );
+            self.outbox.reply(reply, Err(error));
+            return;
+        }
+        self.keeper.detach();
+        self.handed_over = true;
+        let running = self.instances.values().filter(|p| p.run.is_some()).count();
+        info!(running, "handing over to a successor");
+        self.outbox.reply(
+            reply,
+            Ok(pm2rs_proto::HandoverResponse {
+                running,
+                service_manager: crate::under_service_manager(),
+            }),
+        );
+        self.shutdown.cancel();
     }
 
     fn with_targets(
@@ -263,6 +299,14 @@ impl Supervisor {
         let slot = (0..).find(|i| !used.contains(i)).unwrap_or(0);
         let id = self.next_id;
         self.next_id += 1;
+        self.insert_instance(id, app, slot, false);
+        id
+    }
+
+    /// Creates stopped instance `id` of `app` in `slot`; a `leftover` does not count as one of
+    /// the app's instances (see [`super::adopt`]).
+    pub(super) fn insert_instance(&mut self, id: u32, app: &str, slot: u32, leftover: bool) {
+        self.next_id = self.next_id.max(id + 1);
         self.instances.insert(
             id,
             Instance {
@@ -282,10 +326,11 @@ impl Supervisor {
                 notify_status: None,
                 replaces: None,
                 not_ready: false,
+                kept: None,
+                leftover,
             },
         );
         self.dirty = true;
-        id
     }
 
     /// The instances of `app` that count as its instances: not a reload's replacement, which
@@ -293,7 +338,7 @@ impl Supervisor {
     pub(super) fn counted_ids_of<'a>(&'a self, app: &'a str) -> impl Iterator<Item = u32> + 'a {
         self.instances
             .values()
-            .filter(move |p| p.app == app && p.replaces.is_none())
+            .filter(move |p| p.app == app && p.replaces.is_none() && !p.leftover)
             .map(|p| p.id)
     }
 
@@ -409,6 +454,7 @@ impl Supervisor {
                 self.outbox.reply(reply, Ok(removed(ids)));
                 self.shutdown.cancel();
             }
+            Then::Forget => self.remove(&ids),
         }
     }
 

@@ -8,6 +8,7 @@ use pm2rs_proto::{AppSpec, Status};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::adopt::{KeptHandle, KeptRun, keep_run};
 use super::timers::{DRAIN_RECHECK, TimerKind};
 use super::{Draining, Event, Instance, Run, Supervisor, log_paths, transition};
 use crate::cluster;
@@ -42,12 +43,13 @@ impl Supervisor {
         let (out_log, err_log) = log_paths(&self.logs_dir, spec, log_id);
         let prepared = self.cluster.prepare(spec, p.slot);
         let os = &mut self.os;
-        let result = match &prepared {
-            Err(e) => Err(std::io::Error::other(e.clone())),
-            Ok(prepared) => {
-                self.logs
-                    .capture(spec.clone(), log_id)
-                    .and_then(|(stdout, stderr, capture)| {
+        let keeper = &self.keeper;
+        let started_at_us = pm2rs_proto::unix_micros();
+        let result =
+            match &prepared {
+                Err(e) => Err(std::io::Error::other(e.clone())),
+                Ok(prepared) => self.logs.capture(spec.clone(), log_id).and_then(
+                    |(stdout, stderr, mut capture)| {
                         let input = SpawnInput {
                             spec,
                             instance: p.slot,
@@ -57,22 +59,42 @@ impl Supervisor {
                             handoff: Some(&prepared.handoff),
                         };
                         let tracked = os.spawn(input)?;
+                        let kept_run = KeptRun {
+                            id: p.id,
+                            app: p.app.clone(),
+                            slot: p.slot,
+                            pid: tracked.pid.as_raw(),
+                            start_ticks: tracked.start_ticks,
+                            started_at_us,
+                            restarts: p.restarts,
+                            replaces: p.replaces,
+                            ipc: prepared.ipc().is_some(),
+                        };
+                        let guard = keep_run(keeper, &kept_run, capture.fds(), prepared.ipc());
+                        let kept = guard.map(|guard| {
+                            capture.hold(guard.clone());
+                            KeptHandle {
+                                guard,
+                                ipc: kept_run.ipc,
+                            }
+                        });
                         let drained = self.logs.start(capture, tracked.pid.as_raw() as u32);
-                        Ok((tracked, drained))
-                    })
-            }
-        };
+                        Ok((tracked, drained, kept))
+                    },
+                ),
+            };
         p.out_log = out_log;
         p.err_log = err_log;
         self.timers.cancel_all(id);
         self.dirty = true;
         match result {
-            Ok((tracked, drained)) => {
+            Ok((tracked, drained, kept)) => {
                 p.pipes = Some(drained);
+                p.kept = kept;
                 p.run = Some(Run {
                     tracked,
                     started: Instant::now(),
-                    started_at_us: pm2rs_proto::unix_micros(),
+                    started_at_us,
                 });
                 self.by_pid.insert(tracked.pid, id);
                 transition(p, Event::Spawned);
@@ -107,6 +129,8 @@ impl Supervisor {
             return;
         };
         let Some(run) = p.run.take() else { return };
+        // The entry goes once the drains are done with the pipes too.
+        p.kept = None;
         self.cluster.exited(run.tracked.pid);
         self.timers.cancel_kinds(id, &RUN_TIMERS);
         self.dirty = true;

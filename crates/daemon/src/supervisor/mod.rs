@@ -36,6 +36,7 @@
 //! - `durable`: the desired state sent to the dump writer, replies held until it is written;
 //! - `restore`: the apps of a dump brought back (at start with `--resurrect`, or `resurrect`).
 
+mod adopt;
 mod cluster_ops;
 mod commands;
 mod durable;
@@ -52,8 +53,8 @@ use std::sync::Arc;
 
 use nix::unistd::Pid;
 use pm2rs_proto::{
-    ActionResponse, AppSpec, ReloadRequest, ResurrectResponse, SaveResponse, ScaleRequest,
-    StartResponse, Status,
+    ActionResponse, AppSpec, HandoverResponse, ReloadRequest, ResurrectResponse, SaveResponse,
+    ScaleRequest, StartResponse, Status,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -62,6 +63,7 @@ use tracing::{debug, warn};
 
 use crate::cluster::reload::Reload;
 use crate::cluster::{Cluster, Notice};
+use crate::keeper::{Keeper, Kept};
 use crate::lifecycle::{self, Event};
 use crate::logs::{Drained, LogHub};
 use crate::os::{Exit, Os};
@@ -128,6 +130,17 @@ pub enum Command {
         loaded: Loaded,
         reply: Reply<ResurrectResponse>,
     },
+    /// End the daemon leaving every app running, for a successor to take over (`update`).
+    Handover { reply: Reply<HandoverResponse> },
+}
+
+/// How the supervisor ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every app was stopped (kill, a signal, or every command sender gone).
+    Stopped,
+    /// The apps were left running for a successor.
+    HandedOver,
 }
 
 /// Everything the supervisor reacts to (see the module doc for where each comes from).
@@ -157,6 +170,11 @@ pub struct Parts {
     pub restore: Loaded,
     /// The dump writer; `None` keeps no dump (replies are never held).
     pub dump: Option<DumpLink>,
+    /// Holds every run's pipes and every app's sockets so they outlive the daemon
+    /// ([`Keeper::none`]: they do not).
+    pub keeper: Keeper,
+    /// What a previous daemon left with the keeper, to be taken over.
+    pub kept: Vec<Kept>,
 }
 
 /// The receiving ends of the supervisor's input channels.
@@ -220,6 +238,11 @@ struct Instance {
     replaces: Option<u32>,
     /// A replacement that was not ready within `listen_timeout`.
     not_ready: bool,
+    /// What the fd keeper holds of the current run.
+    kept: Option<adopt::KeptHandle>,
+    /// A run left by a previous daemon that the desired state has no place for, being stopped:
+    /// not one of its app's instances, forgotten once stopped.
+    leftover: bool,
 }
 
 impl Instance {
@@ -245,6 +268,8 @@ enum Then {
     },
     /// Reply, then end the daemon.
     Kill(Reply<ActionResponse>),
+    /// Forget them, replying to nobody (leftovers of a previous daemon, stopped).
+    Forget,
 }
 
 /// A command waiting for its instances to settle. Each instance counts once it has settled
@@ -304,6 +329,14 @@ pub struct Supervisor {
     durable: durable::Durable,
     /// The apps to restore when the loop starts (taken by [`Supervisor::run`]).
     restore: Loaded,
+    /// The fd keeper (see [`adopt`]).
+    keeper: Keeper,
+    /// What a previous daemon left, until the restore has taken it.
+    take_over: adopt::TakeOver,
+    /// Set by a handover: the supervisor ends without stopping anything.
+    handed_over: bool,
+    /// Runs of unknown apps a previous daemon left, SIGTERMed, by their `Retire` timer's id.
+    retiring: BTreeMap<u32, Tracked>,
 }
 
 impl Supervisor {
@@ -317,7 +350,12 @@ impl Supervisor {
             shutdown,
             restore,
             dump,
+            keeper,
+            kept,
         } = parts;
+        let mut cluster = cluster;
+        cluster.set_keeper(keeper.clone());
+        let take_over = adopt::TakeOver::new(kept, &keeper);
         let user = nix::unistd::User::from_uid(nix::unistd::getuid())
             .ok()
             .flatten()
@@ -342,15 +380,20 @@ impl Supervisor {
             reloads: Vec::new(),
             durable: durable::Durable::new(dump),
             restore,
+            keeper,
+            take_over,
+            handed_over: false,
+            retiring: BTreeMap::new(),
         }
     }
 
-    /// Runs until a `kill` command completes or every command sender is gone.
-    pub async fn run(mut self, mut inputs: Inputs) {
+    /// Runs until a `kill` or `handover` command completes or every command sender is gone.
+    pub async fn run(mut self, mut inputs: Inputs) -> Ending {
         let logs = self.logs.clone();
         let mut written = self.durable.written();
         let restore = std::mem::take(&mut self.restore);
         self.restore_at_start(restore);
+        self.retire_leftovers();
         self.settle();
         loop {
             let due = self.timers.next();
@@ -384,11 +427,18 @@ impl Supervisor {
                 break;
             }
         }
-        // Whatever is still running when the supervisor ends is stopped now; the dump keeps it.
         self.durable.freeze();
+        if self.handed_over {
+            // Everything is left as it is for the successor (the keeper holds it).
+            self.settle();
+            self.outbox.release_all();
+            return Ending::HandedOver;
+        }
+        // Whatever is still running when the supervisor ends is stopped now; the dump keeps it.
         self.stop_everything_now();
         self.settle();
         self.outbox.release_all();
+        Ending::Stopped
     }
 
     /// Handles one input to completion (without publishing: see [`Supervisor::settle`]).
@@ -418,6 +468,7 @@ impl Supervisor {
             self.next_id = 0;
         }
         self.sync_dump();
+        self.cluster.sync_keeper();
         if self.dirty {
             self.publish();
         }

@@ -3,7 +3,8 @@
 //! function that first registers the app, then creates its instances one by one, each started
 //! unless the user had stopped the app; an app the daemon already knows is left alone. A port
 //! that cannot be bound makes that app's instances errored with the reason (their spawn fails),
-//! never the daemon.
+//! never the daemon. A slot whose run a previous daemon left running (handed back by the fd
+//! keeper) takes that run over instead of starting a new one (see `adopt`).
 
 use pm2rs_proto::{ErrorKind, ResurrectResponse};
 use tracing::info;
@@ -55,6 +56,15 @@ impl Supervisor {
         };
         self.durable.load_warnings = loaded.warnings;
         self.dirty = true;
+        // What a previous daemon left running: the sockets of the apps to run are taken back
+        // before anything binds (see `adopt`).
+        let running = loaded
+            .apps
+            .iter()
+            .filter(|a| !a.stopped && !self.apps.contains_key(&a.spec.name))
+            .map(|a| a.spec.name.clone())
+            .collect();
+        self.begin_take_over(&running);
         for app in loaded.apps {
             let name = app.spec.name.clone();
             if self.apps.contains_key(&name) {
@@ -78,7 +88,14 @@ impl Supervisor {
         let name = spec.name.clone();
         let count = spec.instances;
         self.register_app(spec, stopped);
-        for _ in 0..count {
+        for slot in 0..count {
+            // A run of this slot that a previous daemon left keeps running, taken over.
+            if !stopped && let Some((run, fds)) = self.take_kept(&name, slot) {
+                let id = self.free_id(run.id);
+                self.insert_instance(id, &name, slot, false);
+                self.take_over(id, run, fds);
+                continue;
+            }
             let id = self.add_instance(&name);
             if !stopped {
                 self.restore_instance(id);

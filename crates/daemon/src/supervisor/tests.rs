@@ -17,8 +17,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use std::os::fd::OwnedFd;
+
 use super::*;
 use crate::cluster::{self, Cluster, Notice, notify};
+use crate::keeper::Kept;
 use crate::logs::LogHub;
 use crate::os as os_seam;
 use crate::os::fake::{self, Behaviour, FakeHandle};
@@ -71,6 +74,11 @@ impl Rig {
 
     /// A rig and the supervisor it talks to, not yet running.
     fn build() -> (Rig, Supervisor, Inputs) {
+        Rig::build_with(|_| Vec::new())
+    }
+
+    /// [`Rig::build`] with what a previous daemon left with the fd keeper (made with the fake).
+    fn build_with(kept: impl FnOnce(&FakeHandle) -> Vec<Kept>) -> (Rig, Supervisor, Inputs) {
         let dir = tempfile::tempdir().expect("temp dir");
         let logs_dir = dir.path().join("logs");
         std::fs::create_dir(&logs_dir).expect("logs dir");
@@ -85,6 +93,7 @@ impl Rig {
         );
         let (exit_tx, exit_rx) = mpsc::channel(os_seam::EXIT_QUEUE);
         let (fake, handle) = fake::new(exit_tx);
+        let kept = kept(&handle);
         let (notice_tx, notice_rx) = mpsc::channel(cluster::NOTICE_QUEUE);
         let (snapshot_tx, snapshot) = watch::channel(Arc::default());
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -96,6 +105,8 @@ impl Rig {
             shutdown: CancellationToken::new(),
             restore: Default::default(),
             dump: None,
+            keeper: crate::keeper::Keeper::none(),
+            kept,
         });
         let inputs = Inputs {
             commands: command_rx,
@@ -980,4 +991,46 @@ async fn random_commands_and_exits_keep_the_invariants() {
             );
         }
     }
+}
+
+/// What the fd keeper would hand back for `pid`, a run of `app` a previous daemon left.
+fn kept_run(app: &str, id: u32, slot: u32, pid: Pid, out: OwnedFd, err: OwnedFd) -> Kept {
+    let run = adopt::KeptRun {
+        id,
+        app: app.into(),
+        slot,
+        pid: pid.as_raw(),
+        start_ticks: 0,
+        started_at_us: pm2rs_proto::unix_micros(),
+        restarts: 0,
+        replaces: None,
+        ipc: false,
+    };
+    Kept {
+        key: adopt::run_key(pid),
+        meta: serde_json::to_value(run).unwrap(),
+        fds: vec![out, err],
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_of_an_app_nobody_knows_is_stopped_with_sigterm_then_sigkill() {
+    let ghost = std::cell::Cell::new(None);
+    let (rig, supervisor, inputs) = Rig::build_with(|os| {
+        os.behave("ghost", STUBBORN);
+        let (pid, out, err) = os.left_running("ghost", 0);
+        ghost.set(Some(pid));
+        vec![kept_run("ghost", 3, 0, pid, out, err)]
+    });
+    let pid = ghost.get().unwrap();
+    let t0 = Instant::now();
+    tokio::spawn(supervisor.run(inputs));
+    tokio::time::sleep(ms(1601)).await;
+    let signals = rig.os.signals(pid);
+    assert_eq!(
+        signals,
+        vec![(t0, Signal::SIGTERM), (t0 + ms(1600), Signal::SIGKILL)],
+        "SIGTERM at once, SIGKILL after the default kill timeout"
+    );
+    assert!(!rig.os.group_alive(pid));
 }

@@ -34,15 +34,19 @@ pub enum TimerKind {
     ListenTimeout,
     /// `watchdog_timeout` since the last `WATCHDOG=1` of an online instance.
     Watchdog,
+    /// The grace of a run of an unknown app that a previous daemon left is over: SIGKILL its
+    /// group. Its id is not an instance's (see [`super::adopt`]).
+    Retire,
 }
 
 impl TimerKind {
-    pub const ALL: [TimerKind; 5] = [
+    pub const ALL: [TimerKind; 6] = [
         TimerKind::RestartDelay,
         TimerKind::KillTimeout,
         TimerKind::DrainRecheck,
         TimerKind::ListenTimeout,
         TimerKind::Watchdog,
+        TimerKind::Retire,
     ];
 }
 
@@ -166,6 +170,10 @@ pub async fn sleep_until(at: Option<Instant>) {
 impl Supervisor {
     /// A timer is due.
     pub(super) fn on_timer(&mut self, TimerKey { id, kind }: TimerKey) {
+        if kind == TimerKind::Retire {
+            self.retire_now(id);
+            return;
+        }
         let Some(p) = self.instances.get_mut(&id) else {
             return;
         };
@@ -207,6 +215,8 @@ impl Supervisor {
                     let _ = self.os.signal_group(run.tracked, Signal::SIGKILL);
                 }
             }
+            // Handled before the instance lookup: not an instance's.
+            TimerKind::Retire => {}
         }
     }
 

@@ -145,6 +145,7 @@ fn serve_runs_an_app_and_returns_after_kill_with_nothing_left() {
             logs,
             shutdown.clone(),
             CancellationToken::new(),
+            pm2rs_daemon::Keeping::default(),
         ));
         let mut client = Client::connect(&home.socket()).await;
 
