@@ -309,8 +309,11 @@ pub async fn serve_with(
     match ending {
         // Every app is gone: let the drains write what is left in the pipes.
         Ending::Stopped => logs.finish(LOG_DRAIN_GRACE).await,
-        // The apps run on: the drains stop, leaving what they have not written in the pipes.
-        Ending::HandedOver => logs.finish(LOG_DRAIN_GRACE).await,
+        // The apps run on: the drains stop after the write under way, leaving what they have not
+        // written in the pipes for the successor.
+        Ending::HandedOver => {
+            logs.handover(LOG_DRAIN_GRACE).await;
+        }
     }
     Ok(ending)
 }

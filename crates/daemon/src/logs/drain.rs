@@ -26,20 +26,23 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, fcntl};
 use pm2rs_proto::{FileEnd, LogStream};
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
-use super::{Batch, LineFormat, Sink, lock_sink};
+use super::{Batch, LineFormat, Sink, lock, lock_sink};
 
 /// Bytes read from a pipe before they are written out.
 pub const CHUNK: usize = 256 << 10;
@@ -93,6 +96,11 @@ pub struct Drain {
     pub written: Arc<AtomicU64>,
     /// Pipes enlarged now, daemon-wide (at most [`BIG_PIPES_MAX`]).
     pub big_pipes: Arc<AtomicUsize>,
+    /// The daemon-wide scratch pipe for peeking; `None`: plain reads.
+    pub peeker: Option<Arc<Peeker>>,
+    /// Cancelled by a handover: the drain finishes its write under way, consumes what it wrote,
+    /// and stops, leaving the rest in the pipe for the next daemon.
+    pub handover: CancellationToken,
 }
 
 /// One enlarged pipe's share of [`BIG_PIPES_MAX`], given back when dropped.
@@ -207,24 +215,144 @@ enum Fill {
     Eof,
 }
 
+/// The daemon-wide means to look at a pipe without consuming it (see "Peek, write, consume" in
+/// the module doc): a scratch pipe that `tee` copies a pipe's head into, emptied at once by a
+/// read into the drain's buffer, and `/dev/null`, which `splice` consumes written bytes into.
+/// Three descriptors for the whole daemon, whatever the number of instances.
+pub struct Peeker {
+    /// The scratch pipe (read end, write end), empty between two peeks. Locked only for one
+    /// non-blocking `tee` and the reads that empty it again, never across an await.
+    scratch: Mutex<(OwnedFd, OwnedFd)>,
+    null: OwnedFd,
+    /// The most bytes one peek can see: the scratch pipe's capacity.
+    window: usize,
+}
+
+/// Whether a drain without tee/splice (a kernel without them, a read end that is not a pipe)
+/// has said so already: once per daemon.
+static READ_FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+
+impl Peeker {
+    /// The scratch pipe, enlarged to [`CHUNK`] (or as large as the kernel allows), and
+    /// `/dev/null`.
+    pub fn new() -> io::Result<Peeker> {
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        let window = rustix::pipe::fcntl_setpipe_size(&write, CHUNK)
+            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))?;
+        let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+        Ok(Peeker {
+            scratch: Mutex::new((read, write)),
+            null: null.into(),
+            window,
+        })
+    }
+
+    /// Appends a copy of up to `want` bytes from the head of `pipe` to `buf`, leaving them in
+    /// the pipe. `Ok(0)`: the pipe is empty and has no writer left (end of file); `AGAIN`: empty.
+    fn peek(&self, pipe: BorrowedFd<'_>, buf: &mut Vec<u8>, want: usize) -> Result<usize, Errno> {
+        let want = want.min(self.window);
+        let scratch = lock(&self.scratch);
+        let (scratch_read, scratch_write) = (&scratch.0, &scratch.1);
+        let n = loop {
+            match rustix::pipe::tee(pipe, scratch_write, want, SpliceFlags::NONBLOCK) {
+                Err(Errno::INTR) => {}
+                r => break r?,
+            }
+        };
+        buf.reserve_exact(n);
+        let end = buf.len() + n;
+        while buf.len() < end {
+            match rustix::io::read(scratch_read, rustix::buffer::spare_capacity(buf)) {
+                // The scratch pipe gave less than `tee` put in: cannot happen.
+                Ok(0) => return Err(Errno::IO),
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => {
+                    // Never leave the scratch pipe holding bytes for the next peek.
+                    while let Ok(1..) = rustix::pipe::splice(
+                        scratch_read,
+                        None,
+                        &self.null,
+                        None,
+                        self.window,
+                        SpliceFlags::NONBLOCK,
+                    ) {}
+                    return Err(e);
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Takes exactly `n` bytes (already written to the files) out of the head of `pipe`.
+    fn consume(&self, pipe: BorrowedFd<'_>, n: usize) -> io::Result<()> {
+        let mut left = n;
+        while left > 0 {
+            match rustix::pipe::splice(pipe, None, &self.null, None, left, SpliceFlags::NONBLOCK) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => left -= k,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `pipe` has no writer left (`POLLHUP`), asked when a peek finds only bytes seen
+/// before: a pipe still holding a partial line never reads as end of file.
+fn hung_up(pipe: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&pipe, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero))
+        .is_ok_and(|_| fds[0].revents().contains(PollFlags::HUP))
+}
+
+/// How the drain takes bytes out of its pipe.
+enum Take<'a> {
+    /// Peek, write, consume what was written.
+    Peek(&'a Peeker),
+    /// Plain reads (no tee/splice here): bytes leave the pipe before they are written.
+    Read,
+}
+
 impl Drain {
-    /// Reads `pipe` (non-blocking) until end of file; every byte read ends up in the sinks.
+    /// Drains `pipe` (non-blocking) until end of file, or until a handover stops it; every byte
+    /// taken out of the pipe has been written to the sinks first (see the module doc).
     pub async fn run(self, pipe: OwnedFd) {
         let mut pipe = Pipe::Paced(pipe).watch();
+        let mut take = match self.peeker.as_deref() {
+            Some(p) => Take::Peek(p),
+            None => Take::Read,
+        };
         let mut buf: Vec<u8> = Vec::new();
+        // Leading bytes of `buf` that are out of the pipe already (all of them when reading;
+        // when peeking, only the start of a line too long to wait in the pipe). The rest of
+        // `buf` is a copy of the pipe's head.
+        let mut held = 0;
         let mut big: Option<BigPipe> = None;
         let mut refused = false;
         let mut last = Fill::Empty;
         // When the pipe last gave bytes: a partial line is written once it has been quiet for
         // `QUIET`.
         let mut last_bytes = Instant::now();
+        let handover = self.handover.clone();
         loop {
+            if handover.is_cancelled() {
+                // Bytes out of the pipe are written before stopping; the rest stays in the pipe.
+                if held > 0 {
+                    self.emit(buf, held).await;
+                }
+                break;
+            }
             if buf.is_empty() && matches!(pipe, Pipe::Watched(_)) {
                 // Idle: hold no buffer while waiting. A paced pipe keeps its buffer for the next
                 // read, a millisecond away.
                 buf = Vec::new();
             }
-            let before = buf.len();
+            let seen = buf.len();
             // Set when a partial line has waited `QUIET` for more bytes.
             let mut quiet = false;
             let fill = match &pipe {
@@ -232,13 +360,19 @@ impl Drain {
                     // A pending partial line bounds the wait, and so does an enlarged pipe.
                     let partial_due = (!buf.is_empty()).then(|| last_bytes + QUIET);
                     let shrink_due = big.as_ref().map(|_| Instant::now() + SHRINK_AFTER);
-                    let waited = match partial_due.into_iter().chain(shrink_due).min() {
-                        Some(due) => tokio::time::timeout_at(due, fd.readable()).await.ok(),
-                        None => Some(fd.readable().await),
+                    let wait = async {
+                        match partial_due.into_iter().chain(shrink_due).min() {
+                            Some(due) => tokio::time::timeout_at(due, fd.readable()).await.ok(),
+                            None => Some(fd.readable().await),
+                        }
+                    };
+                    let waited = tokio::select! {
+                        waited = wait => waited,
+                        () = handover.cancelled() => continue,
                     };
                     match waited {
                         Some(Ok(mut ready)) => {
-                            let fill = self.fill(pipe.fd(), &mut buf);
+                            let fill = self.fill(&mut take, pipe.fd(), &mut buf, held);
                             if matches!(fill, Ok(Fill::Empty)) {
                                 ready.clear_ready();
                             }
@@ -249,7 +383,7 @@ impl Drain {
                             // One last look, so bytes that came meanwhile (while the runtime
                             // was busy) do not count as quiet.
                             quiet = true;
-                            self.fill(pipe.fd(), &mut buf)
+                            self.fill(&mut take, pipe.fd(), &mut buf, held)
                         }
                         None => {
                             big = big.and_then(|b| b.shrink(fd.get_ref().as_fd()).err());
@@ -259,18 +393,39 @@ impl Drain {
                 }
                 Pipe::Paced(fd) => {
                     if last != Fill::Full {
-                        tokio::time::sleep(PACE).await;
+                        tokio::select! {
+                            () = tokio::time::sleep(PACE) => {}
+                            () = handover.cancelled() => continue,
+                        }
                     }
-                    self.fill(fd.as_fd(), &mut buf)
+                    self.fill(&mut take, fd.as_fd(), &mut buf, held)
                 }
             };
             last = fill.unwrap_or_else(|e| {
                 debug!(id = self.id, %e, "reading a log pipe failed");
                 Fill::Eof
             });
-            let got = buf.len() - before;
+            let got = buf.len().saturating_sub(seen);
             if got > 0 {
                 last_bytes = Instant::now();
+            } else if last == Fill::Empty && buf.len() > held && hung_up(pipe.fd()) {
+                // Only a partial line seen before is left, and nobody can end it.
+                last = Fill::Eof;
+            }
+            match take {
+                Take::Read => held = buf.len(),
+                Take::Peek(peeker)
+                    if last != Fill::Eof && self.must_hold(peeker, &buf, held, pipe.fd()) =>
+                {
+                    // A line too long to wait in the pipe for its end: its start is taken into
+                    // memory (and is lost if the daemon is killed before it is written).
+                    if let Err(e) = peeker.consume(pipe.fd(), buf.len() - held) {
+                        error!(id = self.id, %e, "a log pipe cannot be consumed; its drain stops");
+                        break;
+                    }
+                    held = buf.len();
+                }
+                Take::Peek(_) => {}
             }
             pipe = match (pipe, last) {
                 (p @ Pipe::Watched(_), Fill::Empty) if got > 0 && got < TRICKLE => p.pace(),
@@ -289,7 +444,20 @@ impl Drain {
             // A partial line that got nothing more in `QUIET` is written as it is.
             let cut = self.cut(&buf, eof || quiet && got == 0);
             if cut > 0 {
-                buf = self.emit(buf, cut).await;
+                let Some(rest) = self.emit(buf, cut).await else {
+                    // Given up (the daemon exits or hands over): what was not written stays in
+                    // the pipe.
+                    break;
+                };
+                buf = rest;
+                if let Take::Peek(peeker) = take
+                    && cut > held
+                    && let Err(e) = peeker.consume(pipe.fd(), cut - held)
+                {
+                    error!(id = self.id, %e, "a log pipe cannot be consumed; its drain stops");
+                    break;
+                }
+                held = held.saturating_sub(cut);
             }
             if eof {
                 break;
@@ -297,9 +465,57 @@ impl Drain {
         }
     }
 
+    /// Whether the copy of the pipe's head in `buf[held..]` must be taken out of the pipe before
+    /// it is written: it holds no newline and fills the peek window or half the pipe (a pipe
+    /// holds at least half its capacity when full, however the app cut its writes), so the rest
+    /// of the line could not come, or not be seen, while it stays there.
+    fn must_hold(&self, peeker: &Peeker, buf: &[u8], held: usize, pipe: BorrowedFd<'_>) -> bool {
+        let peeked = &buf[held..];
+        if peeked.is_empty() || buf.len() > self.max_line || memchr::memchr(b'\n', peeked).is_some()
+        {
+            return false;
+        }
+        let half_pipe = rustix::pipe::fcntl_getpipe_size(pipe).map_or(0, |c| c / 2);
+        peeked.len() >= peeker.window.min(half_pipe)
+    }
+
+    /// Takes what the pipe holds into `buf` (see [`Take`]); `held` leading bytes of `buf` are
+    /// out of the pipe already, and the rest is taken again (a peek always starts at the head).
+    fn fill(
+        &self,
+        take: &mut Take<'_>,
+        pipe: BorrowedFd<'_>,
+        buf: &mut Vec<u8>,
+        held: usize,
+    ) -> io::Result<Fill> {
+        let Take::Peek(peeker) = *take else {
+            return self.read(pipe, buf);
+        };
+        buf.truncate(held);
+        let limit = CHUNK.max(self.max_line + 1);
+        let want = peeker.window.min(limit - held.min(limit));
+        if want == 0 {
+            return Ok(Fill::Full);
+        }
+        match peeker.peek(pipe, buf, want) {
+            Ok(0) => Ok(Fill::Eof),
+            Ok(n) if n == want => Ok(Fill::Full),
+            Ok(_) | Err(Errno::AGAIN) => Ok(Fill::Empty),
+            Err(e @ (Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)) => {
+                if !READ_FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+                    warn!(id = self.id, %e, "no tee/splice on a log pipe: its drain reads it \
+                        (bytes read are lost if the daemon is killed before it writes them)");
+                }
+                *take = Take::Read;
+                self.read(pipe, buf)
+            }
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+
     /// Reads what the pipe holds into `buf`, up to [`CHUNK`] bytes (more only to finish a line
     /// shorter than `max_line`).
-    fn fill(&self, pipe: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Fill> {
+    fn read(&self, pipe: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Fill> {
         let limit = CHUNK.max(self.max_line + 1);
         if buf.capacity() < CHUNK {
             buf.reserve_exact(CHUNK - buf.len());
@@ -343,7 +559,9 @@ impl Drain {
     /// ends: `pm2rs logs` subscribes, then reads the files' tails, so a follower that subscribed
     /// while this write was under way (and may have read a tail without these lines) gets them,
     /// and one whose tail already held them can tell and skip them.
-    async fn emit(&self, mut buf: Vec<u8>, cut: usize) -> Vec<u8> {
+    ///
+    /// `None` when the write was given up (the daemon exits or hands over, see [`Drain::write`]).
+    async fn emit(&self, mut buf: Vec<u8>, cut: usize) -> Option<Vec<u8>> {
         let at_us = pm2rs_proto::unix_micros();
         // Rare: a complete line longer than max_line arrived at once; split it into pieces.
         let split = split_long(&buf[..cut], self.max_line);
@@ -353,7 +571,7 @@ impl Drain {
         // After the write, `buf[..cut]` still holds the lines; `tail` the rest if moved out.
         let (mut buf, file_end, tail) = match out {
             Some(formatted) => {
-                let (_, file_end) = self.write(formatted).await;
+                let (_, file_end) = self.write(formatted).await?;
                 (buf, file_end, None)
             }
             None if needs_newline || split.is_some() => {
@@ -361,14 +579,14 @@ impl Drain {
                 if needs_newline {
                     whole.push(b'\n');
                 }
-                let (_, file_end) = self.write(whole).await;
+                let (_, file_end) = self.write(whole).await?;
                 (buf, file_end, None)
             }
             None => {
                 // Raw lines: write the buffer itself; only the partial line after them is copied.
                 let tail = buf[cut..].to_vec();
                 buf.truncate(cut);
-                let (back, file_end) = self.write(buf).await;
+                let (back, file_end) = self.write(buf).await?;
                 (back, file_end, Some(tail))
             }
         };
@@ -394,13 +612,15 @@ impl Drain {
                 buf.truncate(buf.len() - cut);
             }
         }
-        buf
+        Some(buf)
     }
 
     /// Writes `data` to every sink on a blocking thread, retrying until it is all written.
     /// Returns the buffer so its allocation is reused, and where the first sink's file ended
-    /// right after this write.
-    async fn write(&self, data: Vec<u8>) -> (Vec<u8>, Option<FileEnd>) {
+    /// right after this write; `None` when a failing write is given up because the daemon
+    /// exits or hands over (its bytes, still in the pipe when peeking, are then not consumed: a
+    /// sink that got them before may get them again from the next drain).
+    async fn write(&self, data: Vec<u8>) -> Option<(Vec<u8>, Option<FileEnd>)> {
         let mut data = data;
         let mut file_end = None;
         for (i, sink) in self.sinks.iter().enumerate() {
@@ -416,7 +636,7 @@ impl Drain {
                 .await;
                 let Ok((back, r)) = result else {
                     // The blocking pool is shutting down: nothing more can be written.
-                    return (Vec::new(), None);
+                    return None;
                 };
                 data = back;
                 match r {
@@ -430,22 +650,31 @@ impl Drain {
                     }
                     Err(n) => {
                         from += n;
-                        if self.closing.is_cancelled() {
+                        let give_up = async {
+                            if !self.closing.is_cancelled() && !self.handover.is_cancelled() {
+                                tokio::select! {
+                                    () = tokio::time::sleep(delay) => return false,
+                                    () = self.closing.cancelled() => {}
+                                    () = self.handover.cancelled() => {}
+                                }
+                            }
+                            true
+                        };
+                        if give_up.await {
                             error!(
                                 id = self.id,
                                 bytes = data.len() - from,
                                 "the daemon is exiting and a log file still cannot be written: \
-                                 this output is lost"
+                                 the drain stops; what it did not write stays in the pipe"
                             );
-                            break;
+                            return None;
                         }
-                        tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(RETRY_MAX);
                     }
                 }
             }
         }
-        (data, file_end)
+        Some((data, file_end))
     }
 }
 
@@ -491,11 +720,12 @@ fn split_long(lines: &[u8], max: usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logs::LogHub;
+    use crate::logs::{Capture, LogHub, Rotation};
     use pm2rs_proto::{AppSpec, LogDefaults};
     use std::io::Write as _;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
     use std::path::PathBuf;
     use std::sync::atomic::AtomicBool;
     use std::time::Instant;
@@ -856,6 +1086,325 @@ mod tests {
         .await;
         drop((out, err));
         until("both pipes are drained", || drained.is_done()).await;
+    }
+
+    /// Bytes in a pipe, not yet read, as the kernel counts them (FIONREAD).
+    fn in_pipe(read: &OwnedFd) -> u64 {
+        rustix::io::ioctl_fionread(read).unwrap()
+    }
+
+    /// A pipe whose read end is non-blocking, as a capture's: (read, write).
+    fn app_pipe() -> (OwnedFd, OwnedFd) {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let flags = fcntl(&read, FcntlArg::F_GETFL).unwrap();
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        fcntl(&read, FcntlArg::F_SETFL(flags)).unwrap();
+        (read, write)
+    }
+
+    /// `"{n:08} ...\n"`, 40 bytes.
+    fn numbered(n: u64) -> String {
+        format!("{n:08} the quick brown fox jumps over\n")
+    }
+
+    /// Writes lines 1..=`count` into `out`, each in two writes (so partial lines are often
+    /// waiting in the pipe), pausing inside a line now and then; returns the write end when done.
+    fn numbered_writer(out: OwnedFd, count: u64) -> std::thread::JoinHandle<OwnedFd> {
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::from(out);
+            for n in 1..=count {
+                let line = numbered(n);
+                let (head, tail) = line.split_at(8);
+                file.write_all(head.as_bytes()).unwrap();
+                if n % 16 == 0 {
+                    // Now and then a partial line waits a little for its end.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                file.write_all(tail.as_bytes()).unwrap();
+            }
+            file.into()
+        })
+    }
+
+    /// Checks that `text` holds every numbered line 1..=`count` in order: each line follows the
+    /// one before it, or starts again at an earlier line (a chunk written a second time) without
+    /// skipping any. Returns how many lines were written twice.
+    fn check_numbered(text: &str, count: u64) -> u64 {
+        let (mut last, mut max, mut twice) = (0u64, 0u64, 0u64);
+        for (i, line) in text.lines().enumerate() {
+            let n: u64 = line
+                .get(..8)
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("line {i} is not a numbered line: {line:?}"));
+            assert_eq!(
+                format!("{line}\n"),
+                numbered(n),
+                "line {i} is cut or joined"
+            );
+            assert!(
+                n <= max + 1,
+                "line {i}: {n} follows {last}; lines {} to {} are missing",
+                max + 1,
+                n - 1
+            );
+            assert!(
+                n == last + 1 || n <= last,
+                "line {i}: {n} follows {last}: out of order"
+            );
+            if n <= max {
+                twice += 1;
+            }
+            max = max.max(n);
+            last = n;
+        }
+        assert_eq!(max, count, "lines {} to {count} are missing", max + 1);
+        twice
+    }
+
+    /// A small pseudo-random sequence (xorshift), seeded from the clock and printed, so a
+    /// failing run can be told from the others.
+    fn jitter() -> impl FnMut(u64) -> u64 {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64
+            | 1;
+        eprintln!("jitter seed {seed}");
+        let mut x = seed;
+        move |below| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % below
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_stay_in_the_pipe_until_they_are_written() {
+        let (dir, hub) = hub();
+        // The file's directory cannot be made while a plain file has its name.
+        let blocker = dir.path().join("sub");
+        std::fs::write(&blocker, "").unwrap();
+        let mut spec = AppSpec::new("held", "/bin/true", "/");
+        spec.logs.out_file = Some(blocker.join("held-out.log"));
+        let file = blocker.join("held-out.log");
+        let (out, err, capture) = hub.capture(Arc::new(spec), 0).unwrap();
+        let probe = capture.out_read.try_clone().unwrap();
+        let drained = hub.start(capture, std::process::id());
+        put(&out, b"one\ntwo\npartial");
+        until("the write's failure is reported", || {
+            hub.problems(&[file.as_path()]).len() == 1
+        })
+        .await;
+        // The drain has seen the lines and could not write them: they are still in the pipe.
+        assert_eq!(
+            in_pipe(&probe),
+            15,
+            "bytes left the pipe before they were written"
+        );
+        std::fs::remove_file(&blocker).unwrap();
+        until(
+            "the lines are written once the directory can be made",
+            || std::fs::read_to_string(&file).is_ok_and(|t| t == "one\ntwo\n"),
+        )
+        .await;
+        // Only what was written left the pipe: the partial line waits there for its end.
+        assert!(
+            in_pipe(&probe) == 7
+                || std::fs::read_to_string(&file)
+                    .unwrap()
+                    .ends_with("partial\n")
+        );
+        until("the quiet partial line is written", || {
+            std::fs::read_to_string(&file).is_ok_and(|t| t == "one\ntwo\npartial\n")
+        })
+        .await;
+        assert_eq!(in_pipe(&probe), 0);
+        drop((out, err));
+        until("both pipes are drained", || drained.is_done()).await;
+        assert_eq!(drained.written(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_stream_handed_over_from_daemon_to_daemon_is_complete_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = Arc::new(AppSpec::new("relay", "/bin/true", "/"));
+        let file = dir.path().join("relay-out.log");
+        // Lines already in the file stay: a new drain appends.
+        std::fs::write(&file, numbered(1)).unwrap();
+        // The keeper's copies of the read ends; every daemon drains a duplicate of them.
+        let (keep_out, out) = app_pipe();
+        let (keep_err, err) = app_pipe();
+        drop(err);
+        const LINES: u64 = 20_000;
+        let writer = numbered_writer(out, LINES);
+        let mut next = jitter();
+        let mut handovers = 0;
+        let drained = loop {
+            let defaults = LogDefaults {
+                max_size: 0,
+                retain: 0,
+                compress: false,
+                max_line: 1 << 20,
+            };
+            let hub = LogHub::new(dir.path().to_path_buf(), defaults);
+            let capture = Capture::from_pipes(
+                keep_out.try_clone().unwrap(),
+                keep_err.try_clone().unwrap(),
+                spec.clone(),
+                0,
+            )
+            .unwrap();
+            let drained = hub.start(capture, std::process::id());
+            if writer.is_finished() {
+                break drained;
+            }
+            tokio::time::sleep(Duration::from_micros(next(10_000))).await;
+            assert!(
+                hub.handover(Duration::from_secs(10)).await,
+                "the drains did not stop"
+            );
+            handovers += 1;
+        };
+        drop(writer.join().unwrap());
+        until("the last drain reaches end of file", || drained.is_done()).await;
+        assert!(
+            handovers > 3,
+            "only {handovers} handovers: the test proves little"
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        // The first line was in the file before; the stream starts again at 1.
+        let text = text.strip_prefix(&numbered(1)).unwrap();
+        assert_eq!(
+            check_numbered(text, LINES),
+            0,
+            "a handover wrote lines twice"
+        );
+    }
+
+    /// A drain of `read` into a sink of its own on `path`, as a daemon of its own would run it.
+    fn lone_drain(
+        path: &Path,
+        read: OwnedFd,
+    ) -> (impl Future<Output = ()> + use<>, Arc<Mutex<Sink>>) {
+        let rotation = Rotation {
+            max_size: 0,
+            retain: 0,
+            compress: false,
+        };
+        let sink = Arc::new(Mutex::new(Sink::new(
+            path.to_path_buf(),
+            rotation,
+            Arc::default(),
+        )));
+        let spec = AppSpec::new("lone", "/bin/true", "/");
+        let drain = Drain {
+            id: 0,
+            pid: 0,
+            name: "lone".into(),
+            namespace: "default".into(),
+            stream: LogStream::Out,
+            sinks: vec![sink.clone()],
+            format: Arc::new(crate::logs::LineFormat::of(&spec)),
+            max_line: 1 << 20,
+            followers: broadcast::channel(1).0,
+            closing: CancellationToken::new(),
+            written: Arc::default(),
+            big_pipes: Arc::default(),
+            peeker: Some(Arc::new(Peeker::new().unwrap())),
+            handover: CancellationToken::new(),
+        };
+        (drain.run(read), sink)
+    }
+
+    #[tokio::test]
+    async fn a_stream_across_drains_killed_at_random_instants_is_complete_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("killed-out.log");
+        let (keep, out) = app_pipe();
+        const LINES: u64 = 20_000;
+        let writer = numbered_writer(out, LINES);
+        let mut next = jitter();
+        let mut kills = 0;
+        while !writer.is_finished() {
+            let (run, sink) = lone_drain(&file, keep.try_clone().unwrap());
+            let task = tokio::spawn(run);
+            tokio::time::sleep(Duration::from_micros(next(10_000))).await;
+            // Killed wherever it is: a read, a wait, a write under way.
+            task.abort();
+            let _ = task.await;
+            // Gone like a killed daemon: no write of it still under way on a blocking thread.
+            until("the killed drain's writes are over", || {
+                Arc::strong_count(&sink) == 1
+            })
+            .await;
+            kills += 1;
+        }
+        drop(writer.join().unwrap());
+        let (run, _sink) = lone_drain(&file, keep);
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the last drain ends at end of file");
+        assert!(kills > 3, "only {kills} kills: the test proves little");
+        let twice = check_numbered(&std::fs::read_to_string(&file).unwrap(), LINES);
+        eprintln!("{kills} kills, {twice} lines written twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_line_waiting_for_its_end_survives_a_handover_whole() {
+        let (dir, hub) = hub();
+        let (out, err, capture) = capture(&hub, "prompt");
+        let keep_out = capture.out_read.try_clone().unwrap();
+        let keep_err = capture.err_read.try_clone().unwrap();
+        let spec = capture.spec.clone();
+        hub.start(capture, std::process::id());
+        let file = dir.path().join("prompt-out.log");
+        put(&out, b"Loading...");
+        // Seen by the drain, and not yet quiet for long enough to be written alone.
+        tokio::time::sleep(QUIET / 2).await;
+        assert!(hub.handover(Duration::from_secs(5)).await);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
+        assert_eq!(in_pipe(&keep_out), 10, "the partial line left the pipe");
+        // The next daemon's drain gets it, and its end: one line.
+        let next = LogHub::new(dir.path().to_path_buf(), hub.defaults());
+        let capture = Capture::from_pipes(keep_out, keep_err, spec, 0).unwrap();
+        let drained = next.start(capture, std::process::id());
+        put(&out, b" done\n");
+        drop((out, err));
+        until("both pipes are drained", || drained.is_done()).await;
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "Loading... done\n");
+    }
+
+    #[tokio::test]
+    async fn lines_longer_than_the_pipe_or_the_peek_stay_whole_up_to_max_line() {
+        let (dir, hub) = hub();
+        for (name, enlarged) in [("enlarged", true), ("small-pipe", false)] {
+            // Without the budget, the pipe keeps its first 64 KiB.
+            let budget = if enlarged { 0 } else { BIG_PIPES_MAX };
+            hub.inner.big_pipes.store(budget, Ordering::Relaxed);
+            let (out, err, capture) = capture(&hub, name);
+            let drained = hub.start(capture, std::process::id());
+            let mb = 1 << 20;
+            let writer = std::thread::spawn(move || {
+                let mut out = std::fs::File::from(out);
+                // Longer than the pipe and the peek window, shorter than max_line (1 MiB).
+                out.write_all(&vec![b'a'; 600 << 10]).unwrap();
+                out.write_all(b"\n").unwrap();
+                out.write_all(&vec![b'b'; 2 * mb + mb / 2]).unwrap();
+                out.write_all(b"\nend\n").unwrap();
+            });
+            drop(err);
+            until("the writer is done", || writer.is_finished()).await;
+            writer.join().unwrap();
+            until("both pipes are drained", || drained.is_done()).await;
+            let text = std::fs::read(dir.path().join(format!("{name}-out.log"))).unwrap();
+            let lengths: Vec<usize> = text.split(|&b| b == b'\n').map(<[u8]>::len).collect();
+            assert_eq!(
+                lengths,
+                [600 << 10, mb, mb, mb / 2, 3, 0],
+                "{name}: lines cut elsewhere than at max_line"
+            );
+        }
     }
 
     #[test]

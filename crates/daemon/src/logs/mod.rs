@@ -264,6 +264,10 @@ struct Inner {
     closing: CancellationToken,
     /// Pipes the drains have enlarged, now (`drain::BIG_PIPES_MAX` at most).
     big_pipes: Arc<AtomicUsize>,
+    /// The scratch pipe every drain peeks through; `None` (it could not be made): plain reads.
+    peeker: Option<Arc<drain::Peeker>>,
+    /// Cancelled by [`LogHub::handover`]: drains stop, leaving unwritten bytes in their pipes.
+    handover: CancellationToken,
     /// Files of runs started since the last creation job, to be created (see
     /// [`LogHub::create_files`]); at most the files of the runs started in one supervisor step.
     to_create: Mutex<Vec<Weak<Mutex<Sink>>>>,
@@ -284,6 +288,11 @@ impl LogHub {
                 drain_ended: Notify::new(),
                 closing: CancellationToken::new(),
                 big_pipes: Arc::new(AtomicUsize::new(0)),
+                peeker: drain::Peeker::new()
+                    .map(Arc::new)
+                    .map_err(|e| warn!(%e, "no scratch pipe: log drains read their pipes"))
+                    .ok(),
+                handover: CancellationToken::new(),
                 to_create: Mutex::new(Vec::new()),
                 creating: AtomicBool::new(false),
             }),
@@ -319,18 +328,7 @@ impl LogHub {
     pub fn capture(&self, spec: Arc<AppSpec>, id: u32) -> io::Result<(OwnedFd, OwnedFd, Capture)> {
         let (out_read, stdout) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (err_read, stderr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        for read in [&out_read, &err_read] {
-            let flags = nix::fcntl::fcntl(read, nix::fcntl::FcntlArg::F_GETFL)?;
-            let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
-            nix::fcntl::fcntl(read, nix::fcntl::FcntlArg::F_SETFL(flags))?;
-        }
-        let capture = Capture {
-            out_read,
-            err_read,
-            spec,
-            id,
-            hold: None,
-        };
+        let capture = Capture::from_pipes(out_read, err_read, spec, id)?;
         Ok((stdout, stderr, capture))
     }
 
@@ -375,6 +373,8 @@ impl LogHub {
                 closing: self.inner.closing.clone(),
                 written: drained.written.clone(),
                 big_pipes: self.inner.big_pipes.clone(),
+                peeker: self.inner.peeker.clone(),
+                handover: self.inner.handover.clone(),
             };
             let open = drained.open.clone();
             let inner = self.inner.clone();
@@ -492,6 +492,24 @@ impl LogHub {
     /// A receiver of every batch of lines read from now on.
     pub fn follow(&self) -> broadcast::Receiver<Arc<Batch>> {
         self.inner.followers.subscribe()
+    }
+
+    /// Stops every drain for a successor daemon: each finishes the write it has under way,
+    /// takes out of its pipe only what it wrote, and ends without reading more, so what is left
+    /// stays in the pipes for the drains the next daemon starts on them. A write that keeps
+    /// failing is given up (its bytes stay in the pipe). Resolves once every drain has stopped,
+    /// or after `deadline`: false then (some drain is still writing; an abandoned write may reach
+    /// its file too, so the next daemon can write those lines a second time, never lose them).
+    pub async fn handover(&self, deadline: Duration) -> bool {
+        self.inner.drains.close();
+        self.inner.handover.cancel();
+        let stopped = tokio::time::timeout(deadline, self.inner.drains.wait())
+            .await
+            .is_ok();
+        if !stopped {
+            warn!("some log drains did not stop in time for the handover");
+        }
+        stopped
     }
 
     /// Waits for every drain to reach end of file, at most `grace` (a pipe kept open by an
