@@ -21,9 +21,8 @@ use axum::{Json, Router};
 use pm2rs_proto::{
     ActionResponse, ApiError, DescribeResponse, ErrorKind, FlushResponse, HandoverResponse,
     ListResponse, LogEvent, LogStreamQuery, PingResponse, ReloadRequest, ResetRequest,
-    ResurrectResponse, SaveResponse,
-    ScaleRequest, StartRequest, StartResponse, TargetRequest, TargetsRequest, VERSION,
-    VERSION_HEADER, routes,
+    ResurrectResponse, SaveResponse, ScaleRequest, StartRequest, StartResponse, TargetRequest,
+    TargetsRequest, VERSION, VERSION_HEADER, routes,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};

@@ -30,8 +30,8 @@ pub mod metrics;
 pub mod os;
 pub mod policy;
 pub mod process;
-pub mod state;
 pub mod sd_notify;
+pub mod state;
 pub mod supervisor;
 
 use std::collections::HashMap;
@@ -158,7 +158,16 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<Ending> {
             keeper: serve_keeper,
             kept,
         };
-        serve_with(listener, home.clone(), hub, shutdown, signalled, restore, kept).await
+        serve_with(
+            listener,
+            home.clone(),
+            hub,
+            shutdown,
+            signalled,
+            restore,
+            kept,
+        )
+        .await
     });
     match result {
         // Every app is stopped: the keeper has nothing left to keep.
@@ -203,7 +212,16 @@ pub async fn serve(
     stop_apps: CancellationToken,
     keeping: Keeping,
 ) -> anyhow::Result<Ending> {
-    serve_with(listener, home, logs, shutdown, stop_apps, Loaded::default(), keeping).await
+    serve_with(
+        listener,
+        home,
+        logs,
+        shutdown,
+        stop_apps,
+        Loaded::default(),
+        keeping,
+    )
+    .await
 }
 
 /// [`serve`], first restoring the apps of `restore` (a dump [`state::load`] read).

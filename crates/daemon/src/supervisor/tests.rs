@@ -26,6 +26,7 @@ use crate::logs::LogHub;
 use crate::os as os_seam;
 use crate::os::fake::{self, Behaviour, FakeHandle};
 use crate::policy::ExitReason;
+use crate::state::DumpedApp;
 
 /// Longer than anything a test waits for, on the paused clock (so it costs no real time).
 const NEVER: Duration = Duration::from_secs(3600);
@@ -74,11 +75,14 @@ impl Rig {
 
     /// A rig and the supervisor it talks to, not yet running.
     fn build() -> (Rig, Supervisor, Inputs) {
-        Rig::build_with(|_| Vec::new())
+        Rig::build_with(|_, _| (Vec::new(), Vec::new()))
     }
 
-    /// [`Rig::build`] with what a previous daemon left with the fd keeper (made with the fake).
-    fn build_with(kept: impl FnOnce(&FakeHandle) -> Vec<Kept>) -> (Rig, Supervisor, Inputs) {
+    /// [`Rig::build`] with a dump to restore and what a previous daemon left with the fd keeper
+    /// (made with the fake; given the rig's directory for the apps' specs).
+    fn build_with(
+        left: impl FnOnce(&FakeHandle, &std::path::Path) -> (Vec<DumpedApp>, Vec<Kept>),
+    ) -> (Rig, Supervisor, Inputs) {
         let dir = tempfile::tempdir().expect("temp dir");
         let logs_dir = dir.path().join("logs");
         std::fs::create_dir(&logs_dir).expect("logs dir");
@@ -93,7 +97,12 @@ impl Rig {
         );
         let (exit_tx, exit_rx) = mpsc::channel(os_seam::EXIT_QUEUE);
         let (fake, handle) = fake::new(exit_tx);
-        let kept = kept(&handle);
+        let (apps, kept) = left(&handle, dir.path());
+        let restore = crate::state::Loaded {
+            source: (!apps.is_empty()).then(|| dir.path().join("dump.json")),
+            apps,
+            warnings: Vec::new(),
+        };
         let (notice_tx, notice_rx) = mpsc::channel(cluster::NOTICE_QUEUE);
         let (snapshot_tx, snapshot) = watch::channel(Arc::default());
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -103,7 +112,7 @@ impl Rig {
             os: Box::new(fake),
             snapshot: snapshot_tx,
             shutdown: CancellationToken::new(),
-            restore: Default::default(),
+            restore,
             dump: None,
             keeper: crate::keeper::Keeper::none(),
             kept,
@@ -1016,11 +1025,11 @@ fn kept_run(app: &str, id: u32, slot: u32, pid: Pid, out: OwnedFd, err: OwnedFd)
 #[tokio::test(start_paused = true)]
 async fn a_run_of_an_app_nobody_knows_is_stopped_with_sigterm_then_sigkill() {
     let ghost = std::cell::Cell::new(None);
-    let (rig, supervisor, inputs) = Rig::build_with(|os| {
+    let (rig, supervisor, inputs) = Rig::build_with(|os, _| {
         os.behave("ghost", STUBBORN);
         let (pid, out, err) = os.left_running("ghost", 0);
         ghost.set(Some(pid));
-        vec![kept_run("ghost", 3, 0, pid, out, err)]
+        (vec![], vec![kept_run("ghost", 3, 0, pid, out, err)])
     });
     let pid = ghost.get().unwrap();
     let t0 = Instant::now();
@@ -1031,6 +1040,122 @@ async fn a_run_of_an_app_nobody_knows_is_stopped_with_sigterm_then_sigkill() {
         signals,
         vec![(t0, Signal::SIGTERM), (t0 + ms(1600), Signal::SIGKILL)],
         "SIGTERM at once, SIGKILL after the default kill timeout"
+    );
+    assert!(!rig.os.group_alive(pid));
+}
+
+/// The dump's app `web` (`instances` of them), as a restore gets it.
+fn dumped(dir: &std::path::Path, instances: u32, stopped: bool) -> DumpedApp {
+    let mut spec = AppSpec::new("web", "/bin/true", dir);
+    spec.instances = instances;
+    DumpedApp { spec, stopped }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_left_running_is_taken_over_and_its_end_restarts_it() {
+    let left = std::cell::Cell::new(None);
+    let (mut rig, supervisor, inputs) = Rig::build_with(|os, dir| {
+        let (pid, out, err) = os.left_running("web", 0);
+        left.set(Some(pid));
+        (
+            vec![dumped(dir, 2, false)],
+            vec![kept_run("web", 7, 0, pid, out, err)],
+        )
+    });
+    let pid = left.get().unwrap();
+    tokio::spawn(supervisor.run(inputs));
+    rig.until("two instances online", |s| {
+        s.processes
+            .iter()
+            .filter(|p| p.status == Status::Online)
+            .count()
+            == 2
+    })
+    .await;
+    let taken = rig.info(7);
+    assert_eq!(taken.pid, Some(pid.as_raw() as u32), "same id, same pid");
+    assert_eq!(taken.instance, 0);
+    let spawned: Vec<_> = rig.os.spawn_times("web");
+    assert_eq!(
+        spawned.len(),
+        1,
+        "only the slot without a kept run was spawned"
+    );
+    assert_eq!(
+        rig.info(8).instance,
+        1,
+        "the new instance gets the next id and slot 1"
+    );
+    // Its end is noticed and the restart policy applies.
+    rig.os.exit(pid, ExitReason::Code(1));
+    rig.until("the taken-over instance restarted", |s| {
+        s.processes
+            .iter()
+            .any(|p| p.id == 7 && p.restarts == 1 && p.status == Status::Online)
+    })
+    .await;
+    assert_ne!(rig.info(7).pid, Some(pid.as_raw() as u32));
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_the_desired_state_has_no_place_for_are_stopped_gracefully_and_forgotten() {
+    let left = std::cell::RefCell::new(Vec::new());
+    let (mut rig, supervisor, inputs) = Rig::build_with(|os, dir| {
+        let mut kept = Vec::new();
+        // Slot 0 twice (the older id wins), and slot 1 of an app that has one instance now.
+        for (id, slot) in [(0, 0), (4, 0), (1, 1)] {
+            let (pid, out, err) = os.left_running("web", slot);
+            left.borrow_mut().push(pid);
+            kept.push(kept_run("web", id, slot, pid, out, err));
+        }
+        (vec![dumped(dir, 1, false)], kept)
+    });
+    let pids = left.into_inner();
+    tokio::spawn(supervisor.run(inputs));
+    rig.until("only the kept instance is left", |s| {
+        s.processes.len() == 1 && s.processes[0].status == Status::Online
+    })
+    .await;
+    assert_eq!(rig.info(0).pid, Some(pids[0].as_raw() as u32));
+    assert!(rig.os.spawn_times("web").is_empty(), "nothing spawned");
+    for extra in &pids[1..] {
+        let signals: Vec<Signal> = rig.os.signals(*extra).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(
+            signals,
+            vec![Signal::SIGINT],
+            "stopped with the app's kill_signal"
+        );
+    }
+    assert!(
+        rig.os.signals(pids[0]).is_empty(),
+        "the kept one is left alone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_of_an_app_the_user_stopped_is_stopped() {
+    let left = std::cell::Cell::new(None);
+    let (mut rig, supervisor, inputs) = Rig::build_with(|os, dir| {
+        let (pid, out, err) = os.left_running("web", 0);
+        left.set(Some(pid));
+        (
+            vec![dumped(dir, 1, true)],
+            vec![kept_run("web", 0, 0, pid, out, err)],
+        )
+    });
+    let pid = left.get().unwrap();
+    tokio::spawn(supervisor.run(inputs));
+    rig.until("web listed stopped, alone", |s| {
+        s.processes.len() == 1 && s.processes[0].status == Status::Stopped
+    })
+    .await;
+    assert_eq!(
+        rig.os
+            .signals(pid)
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>(),
+        vec![Signal::SIGINT]
     );
     assert!(!rig.os.group_alive(pid));
 }
