@@ -112,8 +112,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Ping => {
             let mut c = Client::connect_or_start(&home).await?;
             let p: PingResponse = c.get(routes::PING).await?;
+            let keeper = match p.keeper_pid {
+                Some(pid) => format!("fd keeper pid {pid} (apps outlive the daemon)"),
+                None => "no fd keeper: the apps end with the daemon (see its log)".to_string(),
+            };
             write_out(&format!(
-                "pong: daemon pid {}, version {}, home {}\n",
+                "pong: daemon pid {}, version {}, home {}\n{keeper}\n",
                 p.pid,
                 p.version,
                 p.home.display()

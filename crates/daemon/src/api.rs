@@ -29,6 +29,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::keeper::Keeper;
 use crate::logs::{self, Batch, LogHub};
 use crate::metrics::Sample;
 use crate::supervisor::{Command, Reply, Snapshot};
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub logs: LogHub,
     /// Cancelled when the daemon ends: open log streams end with it.
     pub shutdown: CancellationToken,
+    /// The fd keeper, for `ping` ([`Keeper::none`] in a daemon without one).
+    pub keeper: Keeper,
 }
 
 /// The router with every route and the version middleware.
@@ -152,6 +155,11 @@ async fn ping(State(state): State<ApiState>) -> Json<PingResponse> {
         home: state.home.clone(),
         uptime_ms: state.started.elapsed().as_millis() as u64,
         warnings: state.snapshot.borrow().warnings.clone(),
+        keeper_pid: state
+            .keeper
+            .is_active()
+            .then(|| state.keeper.pid())
+            .flatten(),
     })
 }
 

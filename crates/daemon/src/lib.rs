@@ -142,11 +142,19 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<Ending> {
             on_signal.cancel();
         });
         announce_ready(opts.detached);
-        notify_service_manager(&format!(
-            "READY=1\nMAINPID={}\nSTATUS=serving {}",
-            std::process::id(),
-            home.socket().display()
-        ));
+        // The service manager hears READY=1 once the socket serves and the dump's apps (and the
+        // runs a previous daemon left) are back, so units ordered after pm2rs find them running.
+        let (restored, restored_rx) = tokio::sync::oneshot::channel();
+        let socket = home.socket();
+        tokio::spawn(async move {
+            if restored_rx.await.is_ok() {
+                notify_service_manager(&format!(
+                    "READY=1\nMAINPID={}\nSTATUS=serving {}",
+                    std::process::id(),
+                    socket.display()
+                ));
+            }
+        });
         // Whether by a signal or `pm2rs kill`, the service manager hears that the stop began.
         let stopping = signalled.clone();
         tokio::spawn(async move {
@@ -157,6 +165,7 @@ pub fn run_daemon(opts: DaemonOptions) -> anyhow::Result<Ending> {
         let kept = Keeping {
             keeper: serve_keeper,
             kept,
+            restored: Some(restored),
         };
         serve_with(
             listener,
@@ -194,11 +203,13 @@ pub fn under_service_manager() -> bool {
     UNDER_SERVICE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The fd keeper a daemon works with, and what a previous daemon left with it.
+/// The fd keeper a daemon works with, what a previous daemon left with it, and who is told once
+/// that and the dump are brought back (see [`supervisor::Parts::restored`]).
 #[derive(Default)]
 pub struct Keeping {
     pub keeper: Keeper,
     pub kept: Vec<Kept>,
+    pub restored: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Serves the API on `listener` and runs the supervisor until `shutdown` is cancelled (by `kill` or
@@ -259,8 +270,9 @@ pub async fn serve_with(
             written: written_rx,
             path: state::dump_path(&home.dir),
         }),
-        keeper: keeping.keeper,
+        keeper: keeping.keeper.clone(),
         kept: keeping.kept,
+        restored: keeping.restored,
     });
     let sup_done = shutdown.clone();
     // However the supervisor ends (a kill, or even a panic), the daemon ends with it rather than
@@ -305,6 +317,7 @@ pub async fn serve_with(
         home: home.dir.clone(),
         logs: logs.clone(),
         shutdown: shutdown.clone(),
+        keeper: keeping.keeper,
     };
     let listener = PeerCheckedListener {
         inner: listener,

@@ -429,6 +429,10 @@ pub struct PingResponse {
     /// be written.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The fd keeper's pid while it holds the apps' pipes and sockets, so they outlive the
+    /// daemon; `None`: the apps would end with the daemon.
+    #[serde(default)]
+    pub keeper_pid: Option<u32>,
 }
 
 /// `GET /v1/processes`.

@@ -437,17 +437,29 @@ impl Manager {
 
 /// Asks the control socket for a ping with one raw HTTP request; the status line of the answer.
 fn ping_raw(home: &Path) -> String {
+    get_raw(home, pm2rs_proto::routes::PING).0
+}
+
+/// One raw HTTP GET of `path` on the control socket (no CLI process in between, so it is sent
+/// within a millisecond): the status line and the body.
+fn get_raw(home: &Path, path: &str) -> (String, String) {
     let mut s = UnixStream::connect(home.join("pm2rs.sock")).expect("the control socket accepts");
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     write!(
         s,
-        "GET {} HTTP/1.1\r\nHost: pm2rs\r\nConnection: close\r\n\r\n",
-        pm2rs_proto::routes::PING
+        "GET {path} HTTP/1.1\r\nHost: pm2rs\r\n{}: {}\r\nConnection: close\r\n\r\n",
+        pm2rs_proto::VERSION_HEADER,
+        pm2rs_proto::VERSION
     )
     .unwrap();
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
-    answer.lines().next().unwrap_or_default().to_string()
+    let status = answer.lines().next().unwrap_or_default().to_string();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Starts an app that writes the NOTIFY_SOCKET it sees into its log; returns that value.
@@ -499,6 +511,51 @@ fn the_daemon_notifies_ready_once_its_socket_serves_and_stopping_when_it_stops()
     h.ok(&["kill"]);
     let stopping = manager.next();
     assert!(stopping.iter().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(
+        eventually(DEADLINE, || daemon.0.try_wait().ok().flatten().is_some()),
+        "the daemon did not exit after kill"
+    );
+}
+
+#[test]
+fn ready_comes_once_the_dumps_apps_are_back() {
+    let h = Pm2rs::new();
+    h.script("idle.sh", "exec sleep 1000");
+    for name in ["one", "two", "three"] {
+        h.ok(&["start", "idle.sh", "--name", name, "-i", "2"]);
+    }
+    h.ok(&["stop", "three"]);
+    h.wait_online("two", 2);
+    // `kill` stops the apps and keeps them in the dump, as a shutdown before a reboot does.
+    h.ok(&["kill"]);
+
+    let manager = Manager::new();
+    let mut daemon = Foreground(
+        h.command(&["daemon", "--resurrect"])
+            .env("NOTIFY_SOCKET", &manager.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn pm2rs daemon --resurrect"),
+    );
+    assert!(manager.next().iter().any(|l| l == "READY=1"));
+    // Asked the instant READY=1 arrives: every saved instance is there, the running ones spawned.
+    let (status, body) = get_raw(h.home(), pm2rs_proto::routes::LIST);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let list: pm2rs_proto::ListResponse = serde_json::from_str(&body).expect(&body);
+    let mut seen: Vec<(String, bool)> = list
+        .processes
+        .iter()
+        .map(|p| (p.name.clone(), p.pid.is_some()))
+        .collect();
+    seen.sort();
+    let expected: Vec<(String, bool)> = ["one", "one", "three", "three", "two", "two"]
+        .iter()
+        .map(|n| (n.to_string(), *n != "three"))
+        .collect();
+    assert_eq!(seen, expected, "at READY=1: {list:?}");
+    h.ok(&["kill"]);
     assert!(
         eventually(DEADLINE, || daemon.0.try_wait().ok().flatten().is_some()),
         "the daemon did not exit after kill"

@@ -125,6 +125,8 @@ fn survives(how: &str) {
     assert_eq!(before, after, "same instances, same pids, same start times");
     assert_ne!(t.daemon_pid(), Some(daemon), "a new daemon serves");
     assert_eq!(t.keeper_pid(), Some(keeper), "the same keeper holds on");
+    let ping = t.ok(&["ping"]);
+    assert!(ping.contains(&format!("fd keeper pid {keeper} ")), "{ping}");
     assert!(load.wait_more(20, DEADLINE), "the client loop gets answers");
     // Nothing restarts behind our back, and nothing was duplicated.
     std::thread::sleep(Duration::from_millis(300));

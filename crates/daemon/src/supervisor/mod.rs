@@ -175,6 +175,9 @@ pub struct Parts {
     pub keeper: Keeper,
     /// What a previous daemon left with the keeper, to be taken over.
     pub kept: Vec<Kept>,
+    /// Told once `restore` and `kept` are brought back and published: every app of the dump is
+    /// registered, its instances spawned or taken over (what `READY=1` waits for).
+    pub restored: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The receiving ends of the supervisor's input channels.
@@ -337,6 +340,8 @@ pub struct Supervisor {
     handed_over: bool,
     /// Runs of unknown apps a previous daemon left, SIGTERMed, by their `Retire` timer's id.
     retiring: BTreeMap<u32, Tracked>,
+    /// See [`Parts::restored`]; taken by [`Supervisor::run`].
+    restored: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Supervisor {
@@ -352,6 +357,7 @@ impl Supervisor {
             dump,
             keeper,
             kept,
+            restored,
         } = parts;
         let mut cluster = cluster;
         cluster.set_keeper(keeper.clone());
@@ -384,6 +390,7 @@ impl Supervisor {
             take_over,
             handed_over: false,
             retiring: BTreeMap::new(),
+            restored,
         }
     }
 
@@ -395,6 +402,9 @@ impl Supervisor {
         self.restore_at_start(restore);
         self.retire_leftovers();
         self.settle();
+        if let Some(restored) = self.restored.take() {
+            let _ = restored.send(());
+        }
         loop {
             let due = self.timers.next();
             tokio::select! {

@@ -116,6 +116,7 @@ impl Rig {
             dump: None,
             keeper: crate::keeper::Keeper::none(),
             kept,
+            restored: None,
         });
         let inputs = Inputs {
             commands: command_rx,
