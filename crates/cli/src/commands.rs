@@ -644,9 +644,22 @@ async fn update(home: &std::path::Path) -> anyhow::Result<ExitCode> {
             home.join(pm2rs_proto::DAEMON_LOG_FILE).display()
         );
     }
-    // Under systemd the unit restarts the daemon; else this binary starts it. Either way the
-    // first to take the home's lock serves, and the other waits for its socket.
-    let mut c = Client::connect_or_start(home).await?;
+    // Under a service manager the unit starts the successor (the old daemon exited with
+    // EX_TEMPFAIL, which `Restart=on-failure` restarts), so it stays the unit's main process;
+    // else this binary starts it.
+    let mut c = match handed.service_manager {
+        true => match wait_for_daemon(home, SERVICE_RESTART_WAIT).await? {
+            Some(c) => c,
+            None => {
+                say(&format!(
+                    "warning: the service manager did not start the daemon again within {}s;                      starting one outside it",
+                    SERVICE_RESTART_WAIT.as_secs()
+                ))?;
+                Client::connect_or_start(home).await?
+            }
+        },
+        false => Client::connect_or_start(home).await?,
+    };
     let new: PingResponse = c.get(routes::PING).await?;
     let list: ListResponse = c.get(routes::LIST).await?;
     let online = list
@@ -659,6 +672,24 @@ async fn update(home: &std::path::Path) -> anyhow::Result<ExitCode> {
         old.version, old.pid, new.version, new.pid, handed.running,
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `update` waits for a service manager to start the successor (systemd restarts a
+/// unit 100 ms after its exit by default).
+const SERVICE_RESTART_WAIT: Duration = Duration::from_secs(10);
+
+/// Connects to a daemon started by someone else (a service manager), polling for at most `wait`.
+async fn wait_for_daemon(home: &std::path::Path, wait: Duration) -> anyhow::Result<Option<Client>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(c) = Client::connect(home).await? {
+            return Ok(Some(c));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits, at most `wait`, until nobody holds an exclusive `flock` on `file` (the daemon holds one on

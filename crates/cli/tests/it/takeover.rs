@@ -3,13 +3,15 @@
 //! duplicate), no line of their output is lost, and a cluster port never refuses a connection.
 
 use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pm2rs_proto::{ProcessInfo, Status};
 
-use crate::harness::{DEADLINE, Pm2rs, alive, eventually};
+use crate::harness::{DEADLINE, Pm2rs, alive, eventually, wait_with_timeout};
 use crate::http::{Load, free_port};
 
 /// Prints 0, 1, 2… one line every 2 ms, flushed, until stopped.
@@ -191,4 +193,95 @@ fn an_instance_that_ended_while_no_daemon_ran_is_restarted_by_the_next() {
     assert_eq!(kept.restarts, 0);
     let restarted = after.iter().find(|p| p.id == before[0].id).unwrap();
     assert_ne!(restarted.pid, before[0].pid);
+}
+
+/// A `pm2rs daemon` run in the foreground, as a service manager runs it; killed when dropped.
+struct ServiceMain(std::process::Child);
+
+impl ServiceMain {
+    /// Starts `pm2rs daemon` of `t` with systemd's INVOCATION_ID set, and waits until it serves.
+    fn start(t: &Pm2rs) -> ServiceMain {
+        let child = t
+            .command(&["daemon"])
+            .env("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn pm2rs daemon");
+        let main = ServiceMain(child);
+        let socket = t.home().join("pm2rs.sock");
+        assert!(
+            eventually(DEADLINE, || UnixStream::connect(&socket).is_ok()
+                && t.daemon_pid() == Some(main.pid())),
+            "the daemon never served"
+        );
+        main
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.0.id() as i32)
+    }
+}
+
+impl Drop for ServiceMain {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn update_under_a_service_manager_leaves_the_successor_to_it() {
+    let t = Pm2rs::new();
+    let mut first = ServiceMain::start(&t);
+    t.script("idle.sh", "exec sleep 1000");
+    t.ok(&["start", "idle.sh", "--name", "idle"]);
+    let before = t.wait_online("idle", 1);
+
+    let update = t
+        .command(&["update"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pm2rs update");
+    // The old daemon hands over and exits with EX_TEMPFAIL, which Restart=on-failure restarts.
+    let status = wait_exit(&mut first.0).expect("the old daemon exits after the handover");
+    assert_eq!(status.code(), Some(75), "{status:?}");
+    // The manager restarts it after its RestartSec; meanwhile `update` must not start one itself.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        UnixStream::connect(t.home().join("pm2rs.sock")).is_err()
+            && t.daemon_pid().is_none_or(|pid| pid == first.pid()),
+        "a daemon was started outside the unit: {:?}",
+        t.daemon_pid()
+    );
+    let second = ServiceMain::start(&t);
+
+    let out = wait_with_timeout(update, DEADLINE).expect("pm2rs update ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("(pid {})", second.pid())),
+        "the successor is the manager's daemon: {stdout}"
+    );
+    let after = t.wait_online("idle", 1);
+    assert_eq!(after[0].pid, before[0].pid, "the app kept running");
+    t.ok(&["kill"]);
+}
+
+/// Waits for `child` to exit, at most [`DEADLINE`].
+fn wait_exit(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    eventually(DEADLINE, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
 }
