@@ -51,7 +51,11 @@ pub fn home_dir() -> anyhow::Result<PathBuf> {
 /// A connected client.
 pub struct Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    home: PathBuf,
 }
+
+/// How long [`Client::connect`] waits for a dying daemon's socket to close.
+const DYING_WAIT: Duration = Duration::from_secs(2);
 
 impl Client {
     /// Connects to the daemon of `home`, starting it first when nobody answers.
@@ -83,8 +87,25 @@ impl Client {
         }
     }
 
-    /// Connects if a daemon answers; `Ok(None)` when none runs.
+    /// Connects if a daemon answers; `Ok(None)` when none runs. A daemon that is dying (killed:
+    /// its main thread is gone while its last threads end, so its socket still takes connections
+    /// it will never answer) counts as none once its socket has closed.
     pub async fn connect(home: &Path) -> anyhow::Result<Option<Client>> {
+        let deadline = Instant::now() + DYING_WAIT;
+        loop {
+            let Some(stream) = Self::open(home).await? else {
+                return Ok(None);
+            };
+            if !daemon_dying(home) || Instant::now() >= deadline {
+                return Self::handshake(home, stream).await.map(Some);
+            }
+            drop(stream);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The control socket's connection, `None` when nobody listens.
+    async fn open(home: &Path) -> anyhow::Result<Option<UnixStream>> {
         let path = home.join(SOCKET_FILE);
         let stream = match UnixStream::connect(&path).await {
             Ok(s) => s,
@@ -100,13 +121,20 @@ impl Client {
                 return Err(e).with_context(|| format!("cannot connect to {}", path.display()));
             }
         };
+        Ok(Some(stream))
+    }
+
+    async fn handshake(home: &Path, stream: UnixStream) -> anyhow::Result<Client> {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("handshake with the daemon failed")?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Some(Client { sender }))
+        Ok(Client {
+            sender,
+            home: home.to_path_buf(),
+        })
     }
 
     /// GET `path` and decode the reply.
@@ -154,9 +182,14 @@ impl Client {
             .header("content-type", "application/json")
             .header(VERSION_HEADER, VERSION)
             .body(Full::new(body))?;
-        self.sender.send_request(req).await.with_context(|| {
-            "the daemon closed the connection (it refuses clients running as another user; \
-                 see its log pm2rs.log)"
+        let sent = self.sender.send_request(req).await;
+        sent.with_context(|| match daemon_dying(&self.home) {
+            true => "the daemon ended before it answered (see its log pm2rs.log); run the \
+                     command again: the next daemon takes the running apps over"
+                .to_string(),
+            false => "the daemon closed the connection (it refuses clients running as another \
+                      user; see its log pm2rs.log)"
+                .to_string(),
         })
     }
 
@@ -201,6 +234,16 @@ impl Client {
         }
         serde_json::from_slice(&body).context("cannot decode the daemon's reply")
     }
+}
+
+/// Whether the daemon named by the home's pid file has ended or is ending (a zombie). The pid
+/// file is written before the socket is bound, so it names whoever the socket leads to; no file or
+/// no pid in it says nothing (`false`).
+fn daemon_dying(home: &Path) -> bool {
+    std::fs::read_to_string(home.join(pm2rs_proto::PID_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .is_some_and(|pid| !pm2rs_daemon::process::is_running(nix::unistd::Pid::from_raw(pid)))
 }
 
 /// Starts `pm2rs daemon --detached` in a new session and waits for its `ready` line (no fixed sleep).

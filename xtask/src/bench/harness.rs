@@ -123,6 +123,18 @@ impl ProcId {
         ProcId::of(self.pid) == Some(self)
     }
 
+    /// Whether this very process still runs: it exists and is not a zombie (a killed daemon has
+    /// released everything, its lock included, once it is a zombie; reaping it is its parent's
+    /// business, or init's, and can take seconds in a container whose init reaps lazily).
+    pub fn is_running(self) -> bool {
+        self.is_alive()
+            && std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+                stat.rfind(')')
+                    .and_then(|end| stat[end + 1..].split_whitespace().next())
+                    .is_some_and(|state| state != "Z")
+            })
+    }
+
     /// SIGKILLs the process if it is still this one.
     pub fn kill_if_alive(self) {
         if self.is_alive() {

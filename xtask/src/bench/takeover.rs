@@ -81,6 +81,19 @@ fn keeper_pid(h: &Harness) -> Result<u32> {
         .with_context(|| format!("{} holds no pid", path.display()))
 }
 
+/// The process's anonymous resident memory (`RssAnon` of `/proc/<pid>/status`), in bytes: what it
+/// costs beyond the executable's pages, which it shares with the daemon (same binary).
+fn rss_anon_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .with_context(|| format!("no RssAnon in {path}"))?;
+    Ok(kib * 1024)
+}
+
 fn open_fds(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("listing the fds of {pid}"))?
@@ -97,7 +110,17 @@ fn footprint(h: &mut Harness, _options: &Options) -> Result<Vec<Measurement>> {
             mib(rss_bytes(keeper)?),
             None,
         )
-        .with_note("VmRSS of `pm2rs keeper` holding the pipes of 100 fork-mode instances"),
+        .with_note(
+            "VmRSS of `pm2rs keeper` holding the pipes of 100 fork-mode instances; most of it \
+             is pages of the executable, shared with the daemon",
+        ),
+        Measurement::single(
+            format!("keeper private memory, {INSTANCES} instances"),
+            Unit::Mib,
+            mib(rss_anon_bytes(keeper)?),
+            None,
+        )
+        .with_note("RssAnon of `pm2rs keeper`: its own heap and stacks"),
         Measurement::single(
             format!("keeper open fds, {INSTANCES} instances"),
             Unit::Fds,
@@ -141,7 +164,7 @@ fn crash(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
             "the killed daemon to be gone",
             WAIT,
             std::time::Duration::ZERO,
-            || Ok((!daemon.is_alive()).then_some(())),
+            || Ok((!daemon.is_running()).then_some(())),
         )?;
         // The next CLI call starts a daemon, which takes the instances over.
         samples.push(taken_over(h, &before, killed)?);

@@ -273,3 +273,51 @@ fn several_first_commands_at_once_share_one_daemon() {
         assert!(out.contains(&pid.to_string()), "{out}");
     }
 }
+
+#[test]
+fn a_command_racing_a_dying_daemon_waits_for_its_end_and_starts_the_next() {
+    let t = Pm2rs::new();
+    std::fs::create_dir_all(t.home()).unwrap();
+    std::fs::set_permissions(t.home(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A daemon killed a moment ago: its main thread is a zombie while its last threads end, and
+    // until they have, its socket still takes connections that nobody will answer.
+    let mut zombie = std::process::Command::new("true").spawn().unwrap();
+    let zombie_pid = zombie.id();
+    let state = || {
+        std::fs::read_to_string(format!("/proc/{zombie_pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                Some(
+                    s[s.rfind(')')? + 1..]
+                        .split_whitespace()
+                        .next()?
+                        .to_string(),
+                )
+            })
+    };
+    assert!(
+        eventually(DEADLINE, || state().as_deref() == Some("Z")),
+        "no zombie"
+    );
+    std::fs::write(t.home().join("pm2rs.pid"), format!("{zombie_pid}\n")).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(t.home().join("pm2rs.sock")).unwrap();
+    let ping = t
+        .command(&["ping"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The dying daemon's socket closes when its last thread ends.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(listener);
+    let out = wait_with_timeout(ping, DEADLINE).expect("ping ends");
+    let _ = zombie.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("pong"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(t.daemon_pid().map(|p| p.as_raw() as u32), Some(zombie_pid));
+    t.ok(&["kill"]);
+}
