@@ -193,6 +193,16 @@ fn an_instance_that_ended_while_no_daemon_ran_is_restarted_by_the_next() {
     assert_eq!(kept.restarts, 0);
     let restarted = after.iter().find(|p| p.id == before[0].id).unwrap();
     assert_ne!(restarted.pid, before[0].pid);
+
+    // The end of an instance taken over (not the new daemon's child) is noticed too.
+    let taken = Pid::from_raw(kept.pid.expect("pid") as i32);
+    kill(taken, Signal::SIGKILL).unwrap();
+    let last = t.wait_for("the taken-over instance restarted", DEADLINE, |list| {
+        list.iter()
+            .any(|p| p.id == before[1].id && p.restarts == 1 && p.status == Status::Online)
+    });
+    let again = last.iter().find(|p| p.id == before[1].id).unwrap();
+    assert_ne!(again.pid, kept.pid);
 }
 
 /// A `pm2rs daemon` run in the foreground, as a service manager runs it; killed when dropped.

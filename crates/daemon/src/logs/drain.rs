@@ -31,7 +31,11 @@
 //! (a [`Peeker`], three descriptors for the whole daemon), which a read empties at once into the
 //! drain's buffer; the pipe still holds the bytes. Once the lines are written, exactly their
 //! bytes are *consumed*: `splice` moves them from the pipe to `/dev/null`, in the kernel. Two
-//! syscalls more per batch of lines, no copy more than a plain read.
+//! syscalls more per batch of lines, no copy more than a plain read. A peek counts as a full read
+//! when it saw less than the pipe held: `tee` stops when the scratch pipe runs out of slots, and
+//! a slot holds a page at most, often less (small writes), so the window is not the only limit.
+//! Taken for "the pipe is empty", that cut the one-line-per-write flood to half speed (the
+//! drain then slept a pace period with the pipe still full).
 //!
 //! Two cases take bytes out before they are written. A line with no newline that fills the peek
 //! window or half the pipe cannot wait there for its end (the app would block on the full pipe,
@@ -527,9 +531,13 @@ impl Drain {
         if want == 0 {
             return Ok(Fill::Full);
         }
+        let held_before = rustix::io::ioctl_fionread(pipe).map_or(0, |n| n as usize);
         match peeker.peek(pipe, buf, want) {
             Ok(0) => Ok(Fill::Eof),
             Ok(n) if n == want => Ok(Fill::Full),
+            // `tee` also stops when the scratch pipe has no slot left, and a slot holds what the
+            // app's writes put in it (a page at most): less than the pipe held means more is there.
+            Ok(n) if n < held_before.min(want) => Ok(Fill::Full),
             Ok(_) | Err(Errno::AGAIN) => Ok(Fill::Empty),
             Err(e @ (Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)) => {
                 if !READ_FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
@@ -1338,14 +1346,19 @@ mod tests {
             rotation,
             Arc::default(),
         )));
+        (lone(sink.clone()).run(read), sink)
+    }
+
+    /// A drain into `sink` alone, peeking.
+    fn lone(sink: Arc<Mutex<Sink>>) -> Drain {
         let spec = AppSpec::new("lone", "/bin/true", "/");
-        let drain = Drain {
+        Drain {
             id: 0,
             pid: 0,
             name: "lone".into(),
             namespace: "default".into(),
             stream: LogStream::Out,
-            sinks: vec![sink.clone()],
+            sinks: vec![sink],
             format: Arc::new(crate::logs::LineFormat::of(&spec)),
             max_line: 1 << 20,
             followers: broadcast::channel(1).0,
@@ -1354,8 +1367,43 @@ mod tests {
             big_pipes: Arc::default(),
             peeker: Some(Arc::new(Peeker::new().unwrap())),
             handover: CancellationToken::new(),
-        };
-        (drain.run(read), sink)
+        }
+    }
+
+    #[test]
+    fn a_peek_cut_short_by_the_scratch_pipes_slots_counts_as_full() {
+        // 100-byte writes fill each page of a pipe to 4,000 bytes (a write that does not fit in
+        // the last page starts the next), so the scratch pipe's slots run out before its
+        // capacity in bytes: the peek sees less than the window while the pipe holds more.
+        let (read, write) =
+            rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).unwrap();
+        rustix::pipe::fcntl_setpipe_size(&write, 1 << 20).unwrap();
+        let mut line = vec![b'x'; 99];
+        line.push(b'\n');
+        for _ in 0..5_000 {
+            assert_eq!(rustix::io::write(&write, &line).unwrap(), 100);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::new(
+            dir.path().join("slots.log"),
+            Rotation {
+                max_size: 0,
+                retain: 0,
+                compress: false,
+            },
+            Arc::default(),
+        );
+        let drain = lone(Arc::new(Mutex::new(sink)));
+        let peeker = drain.peeker.clone().unwrap();
+        let mut take = Take::Peek(&peeker);
+        let mut buf = Vec::new();
+        let fill = drain.fill(&mut take, read.as_fd(), &mut buf, 0).unwrap();
+        assert!(
+            buf.len() < peeker.window,
+            "the peek was not cut short ({} bytes): nothing to test",
+            buf.len()
+        );
+        assert_eq!(fill, Fill::Full, "{} of 500000 bytes seen", buf.len());
     }
 
     #[tokio::test]
