@@ -29,7 +29,7 @@ tasks:
                       alternating with pm2rs round by round;
                     --quick: fewer repetitions, 1 round, a 5 s idle-CPU window instead of 60 s;
                     --rounds N runs each suite N times per manager (default 3; 1 with --quick);
-                    --suite runs one suite only (core, logs, cluster);
+                    --suite runs one suite only (core, logs, cluster, takeover);
                     --bin benches PATH instead of building the release pm2rs;
                     writes target/bench/results.md and target/bench/results.json
   ci                cargo fmt --check, clippy -D warnings, and cargo test --workspace (what CI runs)
