@@ -125,7 +125,25 @@ impl Col {
     }
 }
 
-/// The `pm2rs list` output: a PM2-style table, then one note per errored app that has a reason.
+/// `total` of an instance's process group, with the leader's own figure when the group has more
+/// than the leader: `162mb (3 processes; leader 100mb)`.
+fn group_figure<T: Copy>(
+    p: &ProcessInfo,
+    total: Option<T>,
+    leader: Option<T>,
+    format: impl Fn(T) -> String,
+) -> String {
+    match (total, leader, p.group_processes) {
+        (Some(t), Some(l), Some(n)) if n > 1 => {
+            format!("{} ({n} processes; leader {})", format(t), format(l))
+        }
+        (Some(t), _, _) => format(t),
+        _ => "-".to_string(),
+    }
+}
+
+/// The `pm2rs list` output: a PM2-style table, then one note per instance the daemon restarted
+/// for a limit and one per errored app that has a reason.
 ///
 /// Uptime is shown only for instances that are online or launching with a start time; others show
 /// `0`. Missing pid, CPU, memory or user show `-`. With `style.width` set, columns are dropped
@@ -170,6 +188,22 @@ pub fn process_table(procs: &[ProcessInfo], style: &Style, now_us: u64) -> Strin
         }
     };
 
+    // Instances the daemon restarted for a limit say so under the table (until their next start).
+    for p in procs.iter().filter(|p| p.status != Status::Errored) {
+        let Some(why) = p.restart_reason.as_deref() else {
+            continue;
+        };
+        let text = format!(
+            "{} (id {}): restarted — {}",
+            clean(&p.name),
+            p.id,
+            clean(why)
+        );
+        for line in wrap(&text, style.width.map(usize::from), "", "  ") {
+            out.push('\n');
+            out.push_str(&line);
+        }
+    }
     for p in procs.iter().filter(|p| p.status == Status::Errored) {
         let Some(reason) = p.reason.as_deref() else {
             continue;
@@ -528,6 +562,20 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
         ("started at", started),
         ("last exit", opt(p.last_exit.as_deref())),
         ("reason", opt(p.reason.as_deref())),
+        ("restart reason", opt(p.restart_reason.as_deref())),
+        (
+            "cpu",
+            group_figure(p, p.cpu_percent, p.leader_cpu_percent, format_cpu),
+        ),
+        (
+            "memory",
+            group_figure(p, p.memory_bytes, p.leader_memory_bytes, format_bytes),
+        ),
+        (
+            "max_memory_restart",
+            s.max_memory_restart
+                .map_or_else(|| "none".to_string(), format_bytes),
+        ),
         ("notify status", opt(p.notify_status.as_deref())),
         ("autorestart", s.autorestart.to_string()),
         ("max_restarts", s.max_restarts.to_string()),
@@ -812,6 +860,10 @@ mod tests {
             started_at_us: running.then_some(NOW_US - 3_723_000_000),
             cpu_percent: running.then_some(12.5),
             memory_bytes: running.then_some(123_456_789),
+            leader_cpu_percent: running.then_some(2.5),
+            leader_memory_bytes: running.then_some(23_456_789),
+            group_processes: running.then_some(3),
+            restart_reason: None,
             user: Some("deploy".to_string()),
             reason: (status == Status::Errored).then(|| "too many unstable restarts".to_string()),
             last_exit: None,

@@ -23,7 +23,7 @@ use crate::shell::split_words;
 use crate::tree::{Entry, Format, Node, Value};
 use crate::units::{
     MAX_BACKOFF_MS, MAX_DURATION_MS, MAX_LOG_RETAIN, MAX_MAX_RESTARTS, MIN_LOG_MAX_SIZE,
-    instances_from_int, parse_duration_ms, parse_instances, parse_size_bytes,
+    MIN_MEMORY_LIMIT, instances_from_int, parse_duration_ms, parse_instances, parse_size_bytes,
 };
 
 /// Interpreter chosen by script extension when `interpreter` is not set.
@@ -216,6 +216,7 @@ struct Draft<'n> {
     wait_ready: Option<bool>,
     listen_timeout_ms: Option<u64>,
     watchdog_timeout_ms: Option<u64>,
+    max_memory_restart: Option<u64>,
     logs: LogDraft<'n>,
 }
 
@@ -486,6 +487,37 @@ impl Reader<'_> {
             },
         };
         parsed.map_err(|e| self.diag.error(&node.loc, path, e)).ok()
+    }
+
+    /// `max_memory_restart`: `"150M"`, `"1G"` or bytes, at least [`MIN_MEMORY_LIMIT`] (a smaller
+    /// limit is below what any program needs to start, so every run would be restarted).
+    fn memory_limit(&mut self, node: &Node, path: &str, key: &str) -> Option<u64> {
+        let bytes = match &node.value {
+            Value::Str(s) => parse_size_bytes(s),
+            value => match value.as_whole_int() {
+                Some(n) if n < 0 => Err(format!("`{key}` must not be negative (got {n})")),
+                Some(n) => Ok(n.unsigned_abs()),
+                None => {
+                    self.type_error(node, path, "a size like \"150M\" or a number of bytes");
+                    return None;
+                }
+            },
+        };
+        match bytes {
+            Ok(b) if b >= MIN_MEMORY_LIMIT => Some(b),
+            Ok(b) => {
+                self.diag.error(
+                    &node.loc,
+                    path,
+                    format!("`{key}` must be at least 1M (got {b} bytes): no program runs in less"),
+                );
+                None
+            }
+            Err(e) => {
+                self.diag.error(&node.loc, path, e);
+                None
+            }
+        }
     }
 
     /// `log_max_size`: `"10M"` or bytes; 0 (no rotation) or at least [`MIN_LOG_MAX_SIZE`].
@@ -781,6 +813,7 @@ impl<'n> Draft<'n> {
                 Field::WatchdogTimeout => {
                     d.watchdog_timeout_ms = r.duration(node, p, key, MAX_DURATION_MS);
                 }
+                Field::MaxMemoryRestart => d.max_memory_restart = r.memory_limit(node, p, key),
             }
         }
         for (profile, entry) in &keys.profiles {
@@ -929,6 +962,7 @@ impl<'n> Draft<'n> {
                 .unwrap_or(defaults::LISTEN_TIMEOUT_MS),
             watchdog_timeout_ms: self.watchdog_timeout_ms.filter(|&ms| ms > 0),
             env_profile: ctx.profile.map(str::to_string),
+            max_memory_restart: self.max_memory_restart,
         };
         Some(CheckedApp { spec, name_loc })
     }

@@ -44,6 +44,7 @@ pub(crate) enum Field {
     LogRetain,
     LogCompress,
     DisableLogs,
+    MaxMemoryRestart,
 }
 
 /// When a recognised-but-unimplemented key may stay in a file: its value changes nothing.
@@ -139,6 +140,7 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("log_retain", Is(F::LogRetain)),
     ("log_compress", Is(F::LogCompress)),
     ("disable_logs", Is(F::DisableLogs)),
+    ("max_memory_restart", Is(F::MaxMemoryRestart)),
     // PM2's aliases of implemented keys.
     ("exec", Is(F::Script)),
     ("exec_interpreter", Is(F::Interpreter)),
@@ -152,7 +154,6 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("ignore_watch", NotYet(Noop::Any)),
     ("watch_options", NotYet(Noop::Any)),
     ("watch_delay", NotYet(Noop::Any)),
-    ("max_memory_restart", NotYet(Noop::Never)),
     ("cron_restart", NotYet(Noop::FalseOrEmpty)),
     ("cron", NotYet(Noop::FalseOrEmpty)),
     ("shutdown_with_message", NotYet(Noop::Bool(false))),

@@ -156,6 +156,7 @@ increment_var = "METRICS_PORT"
 wait_ready = true
 listen_timeout = "10s"
 watchdog_timeout = "30s"
+max_memory_restart = "150M"
 "#,
     );
     let expected = AppSpec {
@@ -196,6 +197,7 @@ watchdog_timeout = "30s"
         watchdog_timeout_ms: Some(30_000),
         logs: LogSpec::unset(),
         env_profile: None,
+        max_memory_restart: Some(150 << 20),
     };
     assert_eq!(apps, vec![expected]);
 }
@@ -756,7 +758,6 @@ treekill = false
         errors,
         [
             "ecosystem.toml:3:1: apps[0].watch: `watch` is not supported yet by pm2rs (remove it or set it to false)",
-            "ecosystem.toml:4:1: apps[0].max_memory_restart: `max_memory_restart` is not supported yet by pm2rs",
             "ecosystem.toml:5:1: apps[0].treekill: `treekill` is not supported yet by pm2rs (remove it or set it to true)",
         ]
     );
@@ -938,7 +939,6 @@ fn pm2_json_errors_have_line_and_column() {
         [
             "ecosystem.json:6:20: apps[0].instances: instances must be at least 1 (got 0)",
             "ecosystem.json:7:7: apps[0].max_restart: unknown key `max_restart`; did you mean `max_restarts`?",
-            "ecosystem.json:8:7: apps[0].max_memory_restart: `max_memory_restart` is not supported yet by pm2rs",
             "ecosystem.json:10:56: apps[1].env.A: expected a string, number or boolean, got an object",
             "ecosystem.json:12:3: deploy: `deploy` (PM2 deployments) is not supported yet by pm2rs; remove it",
         ]
@@ -1166,5 +1166,33 @@ fn port_on_the_command_line_means_cluster_mode() {
     assert_eq!(
         err.to_string(),
         "--port: expected a port number, got a string"
+    );
+}
+
+#[test]
+fn max_memory_restart_takes_sizes_and_refuses_what_cannot_be_a_limit() {
+    let fx = Fixture::new();
+    let apps = fx.load_ok(
+        "[[apps]]\nname = \"a\"\nscript = \"app.js\"\nmax_memory_restart = \"1G\"\n\n[[apps]]\nname = \"b\"\nscript = \"app.js\"\nmax_memory_restart = 104857600\n",
+    );
+    assert_eq!(apps[0].max_memory_restart, Some(1 << 30));
+    assert_eq!(apps[1].max_memory_restart, Some(100 << 20));
+    let errors = fx.errors(
+        "[[apps]]\nname = \"a\"\nscript = \"app.js\"\nmax_memory_restart = \"100K\"\n\n[[apps]]\nname = \"b\"\nscript = \"app.js\"\nmax_memory_restart = \"lots\"\n\n[[apps]]\nname = \"c\"\nscript = \"app.js\"\nmax_memory_restart = true\n",
+    );
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(
+        errors[0].starts_with("ecosystem.toml:4:")
+            && errors[0].contains("apps[0].max_memory_restart")
+            && errors[0].contains("at least 1M"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("ecosystem.toml:9:") && errors[1].contains("invalid size `lots`"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2].starts_with("ecosystem.toml:14:") && errors[2].contains("a size like"),
+        "{errors:?}"
     );
 }

@@ -9,6 +9,8 @@ pub const MAX_MAX_RESTARTS: u64 = 1_000_000;
 pub const MAX_DURATION_MS: u64 = 24 * 3_600_000;
 /// Smallest `log_max_size` other than 0 (no rotation): smaller files would rotate on every burst.
 pub const MIN_LOG_MAX_SIZE: u64 = 1024;
+/// Smallest `max_memory_restart`: 1 MiB.
+pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 /// Most rotated files kept per log file.
 pub const MAX_LOG_RETAIN: u64 = 1000;
 /// Bounds of the daemon's `PM2RS_LOG_MAX_LINE`: the daemon holds one line this long in memory.

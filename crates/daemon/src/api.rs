@@ -172,13 +172,21 @@ async fn list(State(state): State<ApiState>) -> Json<ListResponse> {
         .cloned()
         .map(|mut p| {
             if let Some(s) = p.pid.and_then(|pid| metrics.get(&pid)) {
-                p.cpu_percent = Some(s.cpu_percent);
-                p.memory_bytes = Some(s.memory_bytes);
+                with_sample(&mut p, s);
             }
             p
         })
         .collect();
     Json(ListResponse { processes })
+}
+
+/// Puts the sampler's figures of `p`'s process group into `p`.
+fn with_sample(p: &mut pm2rs_proto::ProcessInfo, s: &Sample) {
+    p.cpu_percent = Some(s.cpu_percent);
+    p.memory_bytes = Some(s.memory_bytes);
+    p.leader_cpu_percent = Some(s.leader_cpu_percent);
+    p.leader_memory_bytes = Some(s.leader_memory_bytes);
+    p.group_processes = Some(s.processes);
 }
 
 async fn describe(
@@ -190,8 +198,7 @@ async fn describe(
     let mut resp = snapshot.describe(&req.target).map_err(ApiFailure)?;
     for d in &mut resp.processes {
         if let Some(s) = d.process.pid.and_then(|pid| metrics.get(&pid)) {
-            d.process.cpu_percent = Some(s.cpu_percent);
-            d.process.memory_bytes = Some(s.memory_bytes);
+            with_sample(&mut d.process, s);
         }
         let files = logs::paths(state.logs.logs_dir(), &d.spec, d.process.id);
         let mut paths = vec![files.out.as_path(), files.err.as_path()];

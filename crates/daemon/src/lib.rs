@@ -281,6 +281,7 @@ pub async fn serve_with(
         commands: cmd_rx,
         exits: exit_rx,
         notices: notice_rx,
+        samples: Some(metrics_rx.clone()),
     }));
     let supervisor = tracker.spawn(async move {
         let ending = supervisor.await;

@@ -117,6 +117,8 @@ pub struct StatSample {
     pub start_ticks: u64,
     /// Resident set size in pages (field 24).
     pub rss_pages: u64,
+    /// Process group (field 5).
+    pub pgid: u64,
 }
 
 /// Reads [`StatSample`] of `pid`, or None if the process is gone.
@@ -134,7 +136,21 @@ pub fn stat_sample(pid: Pid) -> Option<StatSample> {
         cpu_ticks: field(14)? + field(15)?,
         start_ticks: field(22)?,
         rss_pages: field(24)?,
+        pgid: field(5)?,
     })
+}
+
+/// The children of `pid`'s main thread (`/proc/<pid>/task/<pid>/children`): the processes it
+/// forked and that have not been reparented. Empty when it has none or is gone.
+pub fn children(pid: Pid) -> Vec<Pid> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|t| {
+            t.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .map(Pid::from_raw)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The parent of `pid` (field 4 of `/proc/<pid>/stat`), or None if the process is gone.

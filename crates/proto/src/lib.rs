@@ -173,6 +173,10 @@ pub struct AppSpec {
     /// `env`), shown by `describe` and kept in the dump.
     #[serde(default)]
     pub env_profile: Option<String>,
+    /// An instance whose process group's resident memory exceeds this many bytes is restarted
+    /// gracefully (PM2's `max_memory_restart`).
+    #[serde(default)]
+    pub max_memory_restart: Option<u64>,
 }
 
 /// How cluster-mode listening sockets are shared among instances.
@@ -263,6 +267,7 @@ impl AppSpec {
             watchdog_timeout_ms: None,
             logs: LogSpec::unset(),
             env_profile: None,
+            max_memory_restart: None,
         }
     }
 }
@@ -298,6 +303,7 @@ impl fmt::Debug for AppSpec {
             .field("instance_var", &self.instance_var)
             .field("increment_var", &self.increment_var)
             .field("wait_ready", &self.wait_ready)
+            .field("max_memory_restart", &self.max_memory_restart)
             .field("listen_timeout_ms", &self.listen_timeout_ms)
             .field("watchdog_timeout_ms", &self.watchdog_timeout_ms)
             .field("logs", &self.logs)
@@ -400,10 +406,23 @@ pub struct ProcessInfo {
     pub unstable_restarts: u32,
     /// When the current run started (Unix time, microseconds), if running.
     pub started_at_us: Option<u64>,
-    /// CPU use in percent of one core, last sample.
+    /// CPU use in percent of one core, last sample, of the instance's whole process group.
     pub cpu_percent: Option<f32>,
-    /// Resident memory in bytes, last sample.
+    /// Resident memory in bytes, last sample, of the instance's whole process group.
     pub memory_bytes: Option<u64>,
+    /// The group leader's own CPU use (the process the daemon started), last sample.
+    #[serde(default)]
+    pub leader_cpu_percent: Option<f32>,
+    /// The group leader's own resident memory, last sample.
+    #[serde(default)]
+    pub leader_memory_bytes: Option<u64>,
+    /// Processes in the group at the last sample, the leader included.
+    #[serde(default)]
+    pub group_processes: Option<u32>,
+    /// Why the daemon restarted this instance last, when it did so by itself for a limit, e.g.
+    /// `memory 162M over limit 150M`; cleared by any other start.
+    #[serde(default)]
+    pub restart_reason: Option<String>,
     /// User the process runs as.
     pub user: Option<String>,
     /// Why the instance is errored or stopped by policy, if it is.

@@ -14,6 +14,7 @@
 //! - `takeover`: apps outlive the daemon: kill -9 of the daemon and `pm2rs update` take the
 //!   running instances over (same pids, no line lost, no refused connection).
 //! - `http`: the load client those tests use.
+//! - `limits`: `max_memory_restart` against real memory hogs (the leader, or a child in its group).
 //! - `boot`: `startup`/`unstartup` and their files (systemd units verified), the daemon's own
 //!   sd_notify (`READY=1`, `STOPPING=1`, its `NOTIFY_SOCKET` kept from the apps).
 //! - `state`: the dump: durable before the reply, kept by `kill`, `daemon --resurrect`, a
@@ -26,6 +27,7 @@ mod config;
 mod daemon;
 mod harness;
 mod http;
+mod limits;
 mod logs;
 mod state;
 mod takeover;

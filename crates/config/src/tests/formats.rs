@@ -379,7 +379,6 @@ fn yaml_errors_have_line_and_column() {
         fx.errors_with("ecosystem.yml", text, &opts()),
         [
             "ecosystem.yml:4:16: apps[0].instances: instances must be at least 1 (got 0)",
-            "ecosystem.yml:5:5: apps[0].max_memory_restart: `max_memory_restart` is not supported yet by pm2rs",
             "ecosystem.yml:6:14: apps[0].env.A: expected a string, number or boolean, got a list",
             "ecosystem.yml:9:1: deploy: `deploy` (PM2 deployments) is not supported yet by pm2rs; remove it",
         ]
@@ -490,7 +489,7 @@ fn convert_comments_out_what_pm2rs_does_not_support_and_what_means_otherwise() {
     let toml = convert_file(&path, &opts(), Some(&fx.path_var)).unwrap();
     for expected in [
         "# `deploy` left out: PM2 deployments are not supported by pm2rs.\n",
-        "# NOT SUPPORTED YET by pm2rs, left out (PM2 would use it): max_memory_restart = \"200M\"\n",
+        "max_memory_restart = \"200M\"\n",
         "# NOT SUPPORTED YET by pm2rs, left out (PM2 would use it): watch = [\"src\"]\n",
         "add exec_mode = \"cluster\" for PM2's behaviour.\n",
         "add interpreter = \"node\" if it is\n# a Node script.\n",
@@ -501,6 +500,7 @@ fn convert_comments_out_what_pm2rs_does_not_support_and_what_means_otherwise() {
     let apps = load_with(&converted, &opts(), Some(&fx.path_var))
         .unwrap_or_else(|e| panic!("{e}\n{toml}"));
     assert_eq!(apps.len(), 2);
+    assert_eq!(apps[0].max_memory_restart, Some(200 << 20));
     assert_eq!(
         apps[0].exec_mode,
         ExecMode::Fork,

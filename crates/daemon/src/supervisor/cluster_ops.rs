@@ -280,6 +280,10 @@ impl reload::Host for Supervisor {
         }
         p.id = old;
         p.restarts = gone.restarts + 1;
+        // A reload the daemon asked for a limit: the new run shows why it was started.
+        if gone.limit_restart {
+            p.restart_reason = gone.restart_reason.clone();
+        }
         if let Some(run) = p.run {
             self.by_pid.insert(run.tracked.pid, old);
         }

@@ -328,6 +328,8 @@ impl Supervisor {
                 not_ready: false,
                 kept: None,
                 leftover,
+                restart_reason: None,
+                limit_restart: false,
             },
         );
         self.dirty = true;
@@ -364,6 +366,7 @@ impl Supervisor {
         if counted == Counted::AsRestart {
             p.restarts += 1;
         }
+        p.restart_reason = None;
         p.history = RestartHistory::default();
         p.reason = None;
         if transition(p, Event::StartRequested) {
@@ -455,6 +458,15 @@ impl Supervisor {
                 self.shutdown.cancel();
             }
             Then::Forget => self.remove(&ids),
+            Then::LimitRestart(reason) => {
+                for &id in &ids {
+                    self.start_instance(id, Counted::AsRestart);
+                    if let Some(p) = self.instances.get_mut(&id) {
+                        p.limit_restart = false;
+                        p.restart_reason = Some(reason.clone());
+                    }
+                }
+            }
         }
     }
 

@@ -195,6 +195,7 @@ impl Supervisor {
         };
         if transition(p, Event::DelayElapsed) {
             p.restarts += 1;
+            p.restart_reason = None;
             self.spawn_instance(id);
         }
     }

@@ -41,6 +41,7 @@ mod cluster_ops;
 mod commands;
 mod durable;
 mod exits;
+mod limits;
 mod restore;
 mod snapshot;
 #[cfg(test)]
@@ -152,6 +153,8 @@ pub enum Input {
     DrainEnded,
     Timer(TimerKey),
     Dumped(Written),
+    /// New figures from the sampler: memory limits are checked against them.
+    Sampled(crate::metrics::Samples),
 }
 
 /// What the supervisor is built from.
@@ -188,6 +191,8 @@ pub struct Inputs {
     pub exits: mpsc::Receiver<Exit>,
     /// Senders: the cluster's notify and IPC readers.
     pub notices: mpsc::Receiver<Notice>,
+    /// The sampler's figures (see [`crate::metrics`]); `None`: no sampler (tests), no limits.
+    pub samples: Option<watch::Receiver<crate::metrics::Samples>>,
 }
 
 /// One app: its spec and the policy derived from it.
@@ -246,6 +251,10 @@ struct Instance {
     /// A run left by a previous daemon that the desired state has no place for, being stopped:
     /// not one of its app's instances, forgotten once stopped.
     leftover: bool,
+    /// Why the daemon restarted the current run by itself for a limit (see [`limits`]).
+    restart_reason: Option<String>,
+    /// A limit restart of this instance is under way (asked, not yet started again).
+    limit_restart: bool,
 }
 
 impl Instance {
@@ -273,6 +282,8 @@ enum Then {
     Kill(Reply<ActionResponse>),
     /// Forget them, replying to nobody (leftovers of a previous daemon, stopped).
     Forget,
+    /// Start them again, replying to nobody: the daemon restarted them for a limit (the reason).
+    LimitRestart(String),
 }
 
 /// A command waiting for its instances to settle. Each instance counts once it has settled
@@ -421,6 +432,9 @@ impl Supervisor {
                 Some(notice) = inputs.notices.recv() => self.handle(Input::Notice(notice)),
                 done = durable::next_written(&mut written) => self.handle(Input::Dumped(done)),
                 () = logs.drain_ended() => self.handle(Input::DrainEnded),
+                samples = limits::next_samples(&mut inputs.samples) => {
+                    self.handle(Input::Sampled(samples));
+                }
                 () = timers::sleep_until(due) => {
                     let now = Instant::now();
                     while let Some(key) = self.timers.pop_due(now) {
@@ -465,6 +479,7 @@ impl Supervisor {
             Input::DrainEnded => self.check_draining(),
             Input::Timer(key) => self.on_timer(key),
             Input::Dumped(written) => self.on_dumped(written),
+            Input::Sampled(samples) => self.check_limits(&samples),
         }
     }
 

@@ -122,6 +122,7 @@ impl Rig {
             commands: command_rx,
             exits: exit_rx,
             notices: notice_rx,
+            samples: None,
         };
         let rig = Rig {
             commands,
