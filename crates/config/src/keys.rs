@@ -44,6 +44,7 @@ pub(crate) enum Field {
     LogRetain,
     LogCompress,
     DisableLogs,
+    CronRestart,
 }
 
 /// When a recognised-but-unimplemented key may stay in a file: its value changes nothing.
@@ -139,6 +140,7 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("log_retain", Is(F::LogRetain)),
     ("log_compress", Is(F::LogCompress)),
     ("disable_logs", Is(F::DisableLogs)),
+    ("cron_restart", Is(F::CronRestart)),
     // PM2's aliases of implemented keys.
     ("exec", Is(F::Script)),
     ("exec_interpreter", Is(F::Interpreter)),
@@ -147,14 +149,13 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("output", Is(F::OutFile)),
     ("error", Is(F::ErrorFile)),
     ("combine_logs", Is(F::MergeLogs)),
+    ("cron", Is(F::CronRestart)),
     // Recognised PM2 keys, not implemented yet.
     ("watch", NotYet(Noop::FalseOrEmpty)),
     ("ignore_watch", NotYet(Noop::Any)),
     ("watch_options", NotYet(Noop::Any)),
     ("watch_delay", NotYet(Noop::Any)),
     ("max_memory_restart", NotYet(Noop::Never)),
-    ("cron_restart", NotYet(Noop::FalseOrEmpty)),
-    ("cron", NotYet(Noop::FalseOrEmpty)),
     ("shutdown_with_message", NotYet(Noop::Bool(false))),
     ("pid_file", NotYet(Noop::Never)),
     ("autostart", NotYet(Noop::Bool(true))),
@@ -257,6 +258,7 @@ mod tests {
         assert_eq!(canonical(Field::MaxRestarts), "max_restarts");
         assert_eq!(canonical(Field::Script), "script");
         assert_eq!(canonical(Field::InterpreterArgs), "interpreter_args");
+        assert_eq!(canonical(Field::CronRestart), "cron_restart");
     }
 
     #[test]

@@ -167,6 +167,10 @@ pub struct AppSpec {
     pub listen_timeout_ms: u64,
     /// An online instance that does not send `WATCHDOG=1` this often is restarted.
     pub watchdog_timeout_ms: Option<u64>,
+    /// Restart the running instances at the times of this cron expression (5 fields, or 6 with
+    /// seconds first; the system's time zone), PM2's `cron_restart`.
+    #[serde(default)]
+    pub cron_restart: Option<String>,
     /// Where and how the app's output is written.
     pub logs: LogSpec,
     /// The `--env <profile>` the app was started with (its `env_<profile>` is already merged into
@@ -261,6 +265,7 @@ impl AppSpec {
             wait_ready: false,
             listen_timeout_ms: defaults::LISTEN_TIMEOUT_MS,
             watchdog_timeout_ms: None,
+            cron_restart: None,
             logs: LogSpec::unset(),
             env_profile: None,
         }
@@ -300,6 +305,7 @@ impl fmt::Debug for AppSpec {
             .field("wait_ready", &self.wait_ready)
             .field("listen_timeout_ms", &self.listen_timeout_ms)
             .field("watchdog_timeout_ms", &self.watchdog_timeout_ms)
+            .field("cron_restart", &self.cron_restart)
             .field("logs", &self.logs)
             .field("env_profile", &self.env_profile)
             .finish()
