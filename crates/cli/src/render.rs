@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use comfy_table::{
     Attribute, Cell, Color, ContentArrangement, ContentLineStyle, LineStyle, Table, TableStyle,
 };
-use pm2rs_proto::{Described, ProcessInfo, Status};
+use pm2rs_proto::{AppSpec, Described, ProcessInfo, Status};
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// How to render: the caller decides both fields from the environment.
@@ -544,6 +544,7 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
         ("listen", listen),
         ("wait_ready", s.wait_ready.to_string()),
         ("listen_timeout", format_duration(s.listen_timeout_ms)),
+        ("cron_restart", cron_restart(s, d.cron_next_us, now_us)),
         ("out log path", path(&d.out_log)),
         ("error log path", path(&d.err_log)),
         (
@@ -593,6 +594,25 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
     };
     out.push_str(&wrap(&env_line, width, "  ", "  ").join("\n"));
     out
+}
+
+/// The `cron_restart` row: the expression and its next run, or that it is off while the app is
+/// stopped.
+fn cron_restart(s: &AppSpec, next_us: Option<u64>, now_us: u64) -> String {
+    let Some(expression) = s.cron_restart.as_deref() else {
+        return "-".to_string();
+    };
+    let expression = clean(expression);
+    match next_us {
+        Some(us) => {
+            let wait = format_uptime(us.saturating_sub(now_us) / 1000);
+            format!(
+                "{expression} (next {}, in {wait})",
+                format_timestamp_utc(us)
+            )
+        }
+        None => format!("{expression} (off until the app is started)"),
+    }
 }
 
 /// PM2-like uptime: whole seconds, minutes, hours or days (`0s`, `45s`, `12m`, `3h`, `5D`).
@@ -880,6 +900,7 @@ mod tests {
                 retain: 5,
                 compress: false,
             }),
+            cron_next_us: None,
         }
     }
 

@@ -795,7 +795,13 @@ cron = ""
     let crons: Vec<Option<&str>> = apps.iter().map(|a| a.cron_restart.as_deref()).collect();
     assert_eq!(
         crons,
-        [Some("0 3 * * *"), Some("*/10 * * * * *"), Some("@daily"), None, None]
+        [
+            Some("0 3 * * *"),
+            Some("*/10 * * * * *"),
+            Some("@daily"),
+            None,
+            None
+        ]
     );
 
     let errors = fx.errors(

@@ -603,6 +603,10 @@ pub struct Described {
     /// from a daemon that did not say). Which values are the app's: those `spec.logs` sets.
     #[serde(default)]
     pub log_rotation: Option<LogRotation>,
+    /// When the app's `cron_restart` next restarts it (Unix time, microseconds); `None` when it
+    /// has none, or while it is off (the app is stopped).
+    #[serde(default)]
+    pub cron_next_us: Option<u64>,
 }
 
 /// How a log file is rotated, every value resolved (the app's, else the daemon's default).

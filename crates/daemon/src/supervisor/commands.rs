@@ -44,6 +44,10 @@ impl Supervisor {
             Command::Kill { reply } => {
                 // The apps are stopped, not forgotten: the dump keeps them for `resurrect`.
                 self.durable.freeze();
+                let names: Vec<String> = self.apps.keys().cloned().collect();
+                for name in names {
+                    self.disarm_cron(&name);
+                }
                 let ids: Vec<u32> = self.instances.keys().copied().collect();
                 self.stop_ids(&ids);
                 self.pending.push(Pending::new(ids, Then::Kill(reply)));
@@ -114,6 +118,7 @@ impl Supervisor {
                 && all
             {
                 app.stopped = true;
+                self.disarm_cron(&name);
             }
         }
     }
@@ -277,16 +282,21 @@ impl Supervisor {
         names
     }
 
-    /// Registers an app, with no instance yet (`stopped`: the user stopped it).
+    /// Registers an app, with no instance yet (`stopped`: the user stopped it); its cron
+    /// restart is on unless it is stopped.
     pub(super) fn register_app(&mut self, spec: AppSpec, stopped: bool) {
+        let name = spec.name.clone();
+        self.disarm_cron(&name);
         self.apps.insert(
-            spec.name.clone(),
+            name.clone(),
             App {
                 policy: RestartPolicy::from(&spec),
                 spec: Arc::new(spec),
                 stopped,
+                cron: None,
             },
         );
+        self.set_cron(&name);
         self.dirty = true;
     }
 
@@ -358,8 +368,10 @@ impl Supervisor {
         if !p.settled() {
             return;
         }
+        let mut arm = None;
         if let Some(app) = self.apps.get_mut(&p.app) {
             app.stopped = false;
+            arm = Some(p.app.clone());
         }
         if counted == Counted::AsRestart {
             p.restarts += 1;
@@ -368,6 +380,9 @@ impl Supervisor {
         p.reason = None;
         if transition(p, Event::StartRequested) {
             self.spawn_instance(id);
+        }
+        if let Some(name) = arm {
+            self.arm_cron(&name);
         }
     }
 
@@ -455,6 +470,18 @@ impl Supervisor {
                 self.shutdown.cancel();
             }
             Then::Forget => self.remove(&ids),
+            Then::Start => {
+                for &id in &ids {
+                    let stopped = self
+                        .instances
+                        .get(&id)
+                        .and_then(|p| self.apps.get(&p.app))
+                        .is_none_or(|app| app.stopped);
+                    if !stopped {
+                        self.start_instance(id, Counted::AsRestart);
+                    }
+                }
+            }
         }
     }
 
@@ -481,6 +508,7 @@ impl Supervisor {
         for id in ids {
             self.start_instance(id, Counted::AsRestart);
         }
+        self.set_cron(&name);
         info!(app = %name, "app updated");
     }
 
@@ -515,6 +543,7 @@ impl Supervisor {
             let left = self.counted_ids_of(&name).count() as u32;
             if left == 0 {
                 self.cluster.close(&name);
+                self.disarm_cron(&name);
                 self.apps.remove(&name);
                 info!(app = %name, "app deleted");
             } else if let Some(app) = self.apps.get_mut(&name)
