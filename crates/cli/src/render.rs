@@ -1335,6 +1335,32 @@ mod tests {
     }
 
     #[test]
+    fn describe_shows_the_cron_restart_and_its_next_run() {
+        let row = |d: &Described| sheet_row(&describe(d, &PLAIN_WIDE, NOW_US), "cron_restart");
+        let mut d = described();
+        assert_eq!(row(&d), "-");
+        d.spec.cron_restart = Some("0 3 * * *".into());
+        d.cron_next_us = Some(NOW_US + 5 * 3_600_000_000);
+        assert_eq!(
+            row(&d),
+            format!(
+                "0 3 * * * (next {}, in 5h)",
+                format_timestamp_utc(NOW_US + 5 * 3_600_000_000)
+            )
+        );
+        d.cron_next_us = None;
+        assert_eq!(row(&d), "0 3 * * * (off until the app is started)");
+        // A daemon that did not say: off as far as the reply goes.
+        let old: Described = serde_json::from_value({
+            let mut v = serde_json::to_value(described()).unwrap();
+            v.as_object_mut().unwrap().remove("cron_next_us");
+            v
+        })
+        .unwrap();
+        assert_eq!(old.cron_next_us, None);
+    }
+
+    #[test]
     fn describe_key_value_rows() {
         let out = describe(&described(), &PLAIN_WIDE, NOW_US);
         let row = |key: &str| sheet_row(&out, key);
