@@ -3,14 +3,9 @@
 
 use std::time::Duration;
 
-use pm2rs_proto::{Described, Status};
+use pm2rs_proto::Status;
 
 use crate::harness::{DEADLINE, Pm2rs, eventually};
-
-/// `describe <target> --json`.
-fn describe(t: &Pm2rs, target: &str) -> Vec<Described> {
-    serde_json::from_str(&t.ok(&["describe", target, "--json"])).expect("describe --json is JSON")
-}
 
 #[test]
 fn a_per_second_cron_restarts_the_app_and_describe_shows_the_next_run() {
@@ -29,7 +24,7 @@ cron_restart = "* * * * * *"
     let first = t.wait_online("tick", 1)[0].clone();
 
     // The next run is announced, within the next second.
-    let d = &describe(&t, "tick")[0];
+    let d = &t.describe("tick")[0];
     assert_eq!(d.spec.cron_restart.as_deref(), Some("* * * * * *"));
     let next = d.cron_next_us.expect("a next run while the app runs");
     let now = pm2rs_proto::unix_micros();
@@ -60,16 +55,16 @@ cron_restart = "* * * * * *"
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     // It goes on: the next run is later than the first one announced.
-    let later = describe(&t, "tick")[0].cron_next_us.expect("still on");
+    let later = t.describe("tick")[0].cron_next_us.expect("still on");
     assert!(later > next, "{later} after {next}");
 
     // Stop turns it off until the next start.
     t.ok(&["stop", "tick"]);
-    let d = &describe(&t, "tick")[0];
+    let d = &t.describe("tick")[0];
     assert_eq!((d.process.status, d.cron_next_us), (Status::Stopped, None));
     let sheet = t.ok(&["describe", "tick"]);
     assert!(sheet.contains("(off until the app is started)"), "{sheet}");
     t.ok(&["start", "tick"]);
     t.wait_online("tick", 1);
-    assert!(describe(&t, "tick")[0].cron_next_us.is_some(), "on again");
+    assert!(t.describe("tick")[0].cron_next_us.is_some(), "on again");
 }

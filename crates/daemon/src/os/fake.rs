@@ -66,6 +66,8 @@ struct Table {
     processes: BTreeMap<Pid, FakeProcess>,
     behaviours: HashMap<String, Behaviour>,
     asked: Vec<(Instant, Asked)>,
+    /// How far the wall clock was set forward (a suspend, a clock change).
+    wall_shift: std::time::Duration,
 }
 
 /// The fake, as the supervisor holds it.
@@ -216,6 +218,12 @@ impl FakeHandle {
         nix::unistd::write(out, bytes).is_ok()
     }
 
+    /// Sets the wall clock forward by `by`, as a suspend or a clock change would (the paused
+    /// clock does not move).
+    pub fn shift_wall_clock(&self, by: std::time::Duration) {
+        lock(&self.table).wall_shift += by;
+    }
+
     /// Pids of the live leaders of `app`, oldest first.
     pub fn running(&self, app: &str) -> Vec<Pid> {
         lock(&self.table)
@@ -357,8 +365,8 @@ impl Os for FakeOs {
             .then_some(pid)
     }
 
-    /// Moves with the paused clock, from [`fake_wall_start`].
+    /// Moves with the paused clock, from [`fake_wall_start`], plus what the test set it forward.
     fn wall_clock(&self) -> SystemTime {
-        fake_wall_start() + (Instant::now() - self.made)
+        fake_wall_start() + (Instant::now() - self.made) + lock(&self.table).wall_shift
     }
 }

@@ -10,9 +10,11 @@
 //! next start, delete removes it, a changed spec sets it anew.
 //!
 //! Occurrences are computed from the wall clock ([`Os::wall_clock`](crate::os::Os::wall_clock)),
-//! the timer set on tokio's monotonic clock for the time between. An occurrence fires once: the
-//! next one is looked for after the later of now and the one that just fired, so a timer that
-//! fires a little before the wall clock reaches its occurrence does not fire it again.
+//! the timer set on tokio's monotonic clock for the time between, at most [`CRON_RECHECK`]: a
+//! timer that fires before the wall clock has reached the occurrence (the clock was set back, or
+//! the wait was cut to the recheck) is set again for what is left, so a suspend or a clock set
+//! forward delays a restart by a minute at most. An occurrence fires once: the next one is looked
+//! for after the later of now and the one that just fired.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +27,9 @@ use tracing::{debug, info, warn};
 use super::timers::{TimerKey, TimerKind};
 use super::{Pending, Supervisor, Then};
 use crate::cluster::reload::Reload;
+
+/// The longest a cron timer waits before the wall clock is read again.
+pub(super) const CRON_RECHECK: Duration = Duration::from_secs(60);
 
 /// The cron restart of one app.
 #[derive(Debug)]
@@ -123,14 +128,21 @@ impl Supervisor {
             return;
         };
         cron.next = Some(next);
-        let wait = next.duration_since(now).unwrap_or(Duration::ZERO);
-        let key = TimerKey {
-            id: cron.key,
-            kind: TimerKind::Cron,
-        };
-        self.timers.set(key, Instant::now() + wait);
+        let key = cron.key;
+        self.set_cron_timer(key, next, now);
         self.dirty = true;
         debug!(app = %name, next_us = unix_us(next), "cron_restart scheduled");
+    }
+
+    /// Sets cron timer `key` for occurrence `next`, or for [`CRON_RECHECK`] if that is sooner.
+    fn set_cron_timer(&mut self, key: u32, next: SystemTime, now: SystemTime) {
+        let wait = next.duration_since(now).unwrap_or(Duration::ZERO);
+        let key = TimerKey {
+            id: key,
+            kind: TimerKind::Cron,
+        };
+        self.timers
+            .set(key, Instant::now() + wait.min(CRON_RECHECK));
     }
 
     /// Turns app `name`'s cron restart off (until [`Supervisor::arm_cron`]).
@@ -147,8 +159,10 @@ impl Supervisor {
         });
     }
 
-    /// The cron timer `key` is due: restart its app's running instances, then set the next one.
+    /// The cron timer `key` is due: once the wall clock has reached its occurrence, restart its
+    /// app's running instances, then set the next one.
     pub(super) fn on_cron(&mut self, key: u32) {
+        let now = self.os.wall_clock();
         let Some((name, app)) = self
             .apps
             .iter_mut()
@@ -156,6 +170,12 @@ impl Supervisor {
         else {
             return;
         };
+        if let Some(next) = app.cron.as_ref().and_then(|c| c.next)
+            && now < next
+        {
+            self.set_cron_timer(key, next, now);
+            return;
+        }
         let name = name.clone();
         let graceful_reload = app.spec.exec_mode == ExecMode::Cluster || app.spec.wait_ready;
         if let Some(cron) = app.cron.as_mut() {
