@@ -1113,10 +1113,12 @@ fn app_from_script_builds_the_same_spec() {
         instances: Some("max".into()),
         args: vec!["a".into(), "b c".into()],
         namespace: Some("web".into()),
+        cron_restart: Some("0 3 * * *".into()),
         ..fx.script_opts()
     };
     let app = fx.start_script("app.js", &opts).unwrap();
     assert_eq!(app.name, "api");
+    assert_eq!(app.cron_restart.as_deref(), Some("0 3 * * *"));
     assert_eq!(app.namespace, "web");
     assert_eq!(app.instances, 4);
     assert_eq!(app.args, ["a", "b c"]);
@@ -1139,6 +1141,7 @@ fn app_from_script_errors_are_keyed_by_flag_and_all_reported() {
         name: Some("a/b".into()),
         instances: Some("0".into()),
         interpreter: Some("deno".into()),
+        cron_restart: Some("* * *".into()),
         ..fx.script_opts()
     };
     let errors = fx.start_script("app.js", &opts).unwrap_err();
@@ -1153,6 +1156,7 @@ fn app_from_script_errors_are_keyed_by_flag_and_all_reported() {
         [
             "--name: invalid name `a/b`: must not contain `/`",
             "--instances: instances must be at least 1 (got 0)",
+            "--cron-restart: invalid `cron_restart` `* * *`: it has 3 fields; expected 5 fields (minute hour day month weekday) or 6 (seconds first), e.g. \"0 3 * * *\"",
             "--interpreter: interpreter `deno` not found in PATH; set `interpreter` to a full path",
         ]
     );

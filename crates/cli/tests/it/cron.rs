@@ -1,5 +1,6 @@
 //! Scheduled restarts through the CLI: `cron_restart` restarts a real app on time (a new pid,
-//! one more ↺, the daemon log says so), `describe` shows the next run, and `stop` turns it off.
+//! one more ↺, the daemon log says so), `describe` shows the next run, `stop` turns it off, and
+//! `start <script> --cron-restart` sets it.
 
 use std::time::Duration;
 
@@ -67,4 +68,20 @@ cron_restart = "* * * * * *"
     t.ok(&["start", "tick"]);
     t.wait_online("tick", 1);
     assert!(t.describe("tick")[0].cron_next_us.is_some(), "on again");
+
+    // A script started from the command line takes PM2's `--cron-restart` (alias `--cron`).
+    t.ok(&[
+        "start",
+        "apps/tick.sh",
+        "--name",
+        "flagged",
+        "--cron",
+        "0 3 * * *",
+    ]);
+    let d = &t.describe("flagged")[0];
+    assert_eq!(d.spec.cron_restart.as_deref(), Some("0 3 * * *"));
+    assert!(
+        d.cron_next_us
+            .is_some_and(|us| us > pm2rs_proto::unix_micros())
+    );
 }
