@@ -182,10 +182,11 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
             || args.interpreter.is_some()
             || args.port.is_some()
             || args.wait_ready
+            || args.cron_restart.is_some()
             || !args.args.is_empty()
         {
             return Err(UsageError(
-                "--name, -i, --interpreter, --port, --wait-ready and script arguments apply to a script, not an ecosystem file; \
+                "--name, -i, --interpreter, --port, --wait-ready, --cron-restart and script arguments apply to a script, not an ecosystem file; \
                  set them in the file instead"
                     .into(),
             )
@@ -226,6 +227,7 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
                 namespace: args.namespace,
                 port: args.port,
                 wait_ready: args.wait_ready,
+                cron_restart: args.cron_restart,
                 cwd: std::env::current_dir().context("cannot read the current directory")?,
                 cpus,
             },
@@ -294,6 +296,7 @@ async fn start_known(home: &std::path::Path, args: &StartArgs) -> anyhow::Result
         || args.namespace.is_some()
         || args.port.is_some()
         || args.wait_ready
+        || args.cron_restart.is_some()
         || !args.args.is_empty()
         || !args.only.is_empty()
         || args.env_profile.is_some()

@@ -160,6 +160,10 @@ pub struct StartArgs {
     /// `process.send('ready')` (script mode).
     #[arg(long)]
     pub wait_ready: bool,
+    /// Restart the app at the times of this cron expression, e.g. "0 3 * * *" (5 fields, or 6
+    /// with seconds first; script mode).
+    #[arg(short = 'c', long = "cron-restart", visible_alias = "cron")]
+    pub cron_restart: Option<String>,
     /// Only start these apps of the ecosystem file (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,

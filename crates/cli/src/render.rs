@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use comfy_table::{
     Attribute, Cell, Color, ContentArrangement, ContentLineStyle, LineStyle, Table, TableStyle,
 };
-use pm2rs_proto::{Described, ProcessInfo, Status};
+use pm2rs_proto::{AppSpec, Described, ProcessInfo, Status};
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// How to render: the caller decides both fields from the environment.
@@ -592,6 +592,7 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
         ("listen", listen),
         ("wait_ready", s.wait_ready.to_string()),
         ("listen_timeout", format_duration(s.listen_timeout_ms)),
+        ("cron_restart", cron_restart(s, d.cron_next_us, now_us)),
         ("out log path", path(&d.out_log)),
         ("error log path", path(&d.err_log)),
         (
@@ -641,6 +642,25 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
     };
     out.push_str(&wrap(&env_line, width, "  ", "  ").join("\n"));
     out
+}
+
+/// The `cron_restart` row: the expression and its next run, or that it is off while the app is
+/// stopped.
+fn cron_restart(s: &AppSpec, next_us: Option<u64>, now_us: u64) -> String {
+    let Some(expression) = s.cron_restart.as_deref() else {
+        return "-".to_string();
+    };
+    let expression = clean(expression);
+    match next_us {
+        Some(us) => {
+            let wait = format_uptime(us.saturating_sub(now_us) / 1000);
+            format!(
+                "{expression} (next {}, in {wait})",
+                format_timestamp_utc(us)
+            )
+        }
+        None => format!("{expression} (off until the app is started)"),
+    }
 }
 
 /// PM2-like uptime: whole seconds, minutes, hours or days (`0s`, `45s`, `12m`, `3h`, `5D`).
@@ -932,6 +952,7 @@ mod tests {
                 retain: 5,
                 compress: false,
             }),
+            cron_next_us: None,
         }
     }
 
@@ -1363,6 +1384,32 @@ mod tests {
         })
         .unwrap();
         assert_eq!(old.log_rotation, None);
+    }
+
+    #[test]
+    fn describe_shows_the_cron_restart_and_its_next_run() {
+        let row = |d: &Described| sheet_row(&describe(d, &PLAIN_WIDE, NOW_US), "cron_restart");
+        let mut d = described();
+        assert_eq!(row(&d), "-");
+        d.spec.cron_restart = Some("0 3 * * *".into());
+        d.cron_next_us = Some(NOW_US + 5 * 3_600_000_000);
+        assert_eq!(
+            row(&d),
+            format!(
+                "0 3 * * * (next {}, in 5h)",
+                format_timestamp_utc(NOW_US + 5 * 3_600_000_000)
+            )
+        );
+        d.cron_next_us = None;
+        assert_eq!(row(&d), "0 3 * * * (off until the app is started)");
+        // A daemon that did not say: off as far as the reply goes.
+        let old: Described = serde_json::from_value({
+            let mut v = serde_json::to_value(described()).unwrap();
+            v.as_object_mut().unwrap().remove("cron_next_us");
+            v
+        })
+        .unwrap();
+        assert_eq!(old.cron_next_us, None);
     }
 
     #[test]

@@ -217,6 +217,8 @@ struct Draft<'n> {
     listen_timeout_ms: Option<u64>,
     watchdog_timeout_ms: Option<u64>,
     max_memory_restart: Option<u64>,
+    /// `Some(None)`: written as off (`false` or `""`).
+    cron_restart: Option<Option<String>>,
     logs: LogDraft<'n>,
 }
 
@@ -677,6 +679,35 @@ impl Reader<'_> {
         Some(s.to_string())
     }
 
+    /// `cron_restart`: a cron expression of 5 fields (minute hour day-of-month month
+    /// day-of-week) or 6 (seconds first), or a `@nickname`; `false` or `""` mean none, as
+    /// PM2's no-op values.
+    fn cron(&mut self, node: &Node, path: &str, key: &str) -> Option<Option<String>> {
+        let text = match &node.value {
+            Value::Bool(false) => return Some(None),
+            Value::Str(s) if s.trim().is_empty() => return Some(None),
+            Value::Str(s) => s.trim(),
+            _ => {
+                self.type_error(node, path, "a cron expression like \"0 3 * * *\"");
+                return None;
+            }
+        };
+        match crate::units::parse_cron(text) {
+            Ok(()) => Some(Some(text.to_string())),
+            Err(e) => {
+                self.diag.error(
+                    &node.loc,
+                    path,
+                    format!(
+                        "invalid `{key}` `{}`: {e}; expected 5 fields (minute hour day month weekday) or 6 (seconds first), e.g. \"0 3 * * *\"",
+                        text.escape_debug()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn interpreter(&mut self, node: &Node, path: &str) -> Option<Interpreter> {
         match self.string(node, path)? {
             "" => {
@@ -814,6 +845,7 @@ impl<'n> Draft<'n> {
                     d.watchdog_timeout_ms = r.duration(node, p, key, MAX_DURATION_MS);
                 }
                 Field::MaxMemoryRestart => d.max_memory_restart = r.memory_limit(node, p, key),
+                Field::CronRestart => d.cron_restart = r.cron(node, p, key),
             }
         }
         for (profile, entry) in &keys.profiles {
@@ -961,6 +993,7 @@ impl<'n> Draft<'n> {
                 .listen_timeout_ms
                 .unwrap_or(defaults::LISTEN_TIMEOUT_MS),
             watchdog_timeout_ms: self.watchdog_timeout_ms.filter(|&ms| ms > 0),
+            cron_restart: self.cron_restart.flatten(),
             env_profile: ctx.profile.map(str::to_string),
             max_memory_restart: self.max_memory_restart,
         };

@@ -45,6 +45,7 @@ pub(crate) enum Field {
     LogCompress,
     DisableLogs,
     MaxMemoryRestart,
+    CronRestart,
 }
 
 /// When a recognised-but-unimplemented key may stay in a file: its value changes nothing.
@@ -141,6 +142,7 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("log_compress", Is(F::LogCompress)),
     ("disable_logs", Is(F::DisableLogs)),
     ("max_memory_restart", Is(F::MaxMemoryRestart)),
+    ("cron_restart", Is(F::CronRestart)),
     // PM2's aliases of implemented keys.
     ("exec", Is(F::Script)),
     ("exec_interpreter", Is(F::Interpreter)),
@@ -149,13 +151,12 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("output", Is(F::OutFile)),
     ("error", Is(F::ErrorFile)),
     ("combine_logs", Is(F::MergeLogs)),
+    ("cron", Is(F::CronRestart)),
     // Recognised PM2 keys, not implemented yet.
     ("watch", NotYet(Noop::FalseOrEmpty)),
     ("ignore_watch", NotYet(Noop::Any)),
     ("watch_options", NotYet(Noop::Any)),
     ("watch_delay", NotYet(Noop::Any)),
-    ("cron_restart", NotYet(Noop::FalseOrEmpty)),
-    ("cron", NotYet(Noop::FalseOrEmpty)),
     ("shutdown_with_message", NotYet(Noop::Bool(false))),
     ("pid_file", NotYet(Noop::Never)),
     ("autostart", NotYet(Noop::Bool(true))),
@@ -258,6 +259,7 @@ mod tests {
         assert_eq!(canonical(Field::MaxRestarts), "max_restarts");
         assert_eq!(canonical(Field::Script), "script");
         assert_eq!(canonical(Field::InterpreterArgs), "interpreter_args");
+        assert_eq!(canonical(Field::CronRestart), "cron_restart");
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct ScriptOptions {
     pub port: Option<String>,
     /// `--wait-ready`: online only once the app says it is ready.
     pub wait_ready: bool,
+    /// `--cron-restart`: restart the app at the times of this cron expression.
+    pub cron_restart: Option<String>,
     /// The CLI's working directory: the script is resolved against it and the app runs in it
     /// (empty = the process's current directory).
     pub cwd: PathBuf,

@@ -31,6 +31,7 @@ pub(crate) fn app_from_script_with(
         ("interpreter", "--interpreter", &opts.interpreter),
         ("namespace", "--namespace", &opts.namespace),
         ("port", "--port", &opts.port),
+        ("cron_restart", "--cron-restart", &opts.cron_restart),
     ];
     for (key, flag, value) in optional {
         if let Some(value) = value {

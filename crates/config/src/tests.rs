@@ -157,6 +157,7 @@ wait_ready = true
 listen_timeout = "10s"
 watchdog_timeout = "30s"
 max_memory_restart = "150M"
+cron_restart = "0 3 * * *"
 "#,
     );
     let expected = AppSpec {
@@ -195,6 +196,7 @@ max_memory_restart = "150M"
         wait_ready: true,
         listen_timeout_ms: 10_000,
         watchdog_timeout_ms: Some(30_000),
+        cron_restart: Some("0 3 * * *".into()),
         logs: LogSpec::unset(),
         env_profile: None,
         max_memory_restart: Some(150 << 20),
@@ -233,6 +235,7 @@ fn defaults_are_pm2s() {
     assert!(!app.wait_ready);
     assert_eq!(app.listen_timeout_ms, 3000);
     assert_eq!(app.watchdog_timeout_ms, None);
+    assert_eq!(app.cron_restart, None);
     assert_eq!(app.kill_signal, "SIGINT");
     assert_eq!(app.kill_timeout_ms, 1600);
     assert_eq!(app.source, Some(fx.root().join("ecosystem.toml")));
@@ -764,6 +767,86 @@ treekill = false
 }
 
 #[test]
+fn cron_restart_takes_5_or_6_fields_and_refuses_the_rest_with_the_key() {
+    let fx = Fixture::new();
+    let apps = fx.load_ok(
+        r#"
+[[apps]]
+name = "five"
+script = "app.js"
+cron_restart = "0 3 * * *"
+[[apps]]
+name = "six"
+script = "app.js"
+cron = " */10 * * * * * "
+[[apps]]
+name = "nickname"
+script = "app.js"
+cron_restart = "@daily"
+[[apps]]
+name = "off"
+script = "app.js"
+cron_restart = false
+[[apps]]
+name = "empty"
+script = "app.js"
+cron = ""
+"#,
+    );
+    let crons: Vec<Option<&str>> = apps.iter().map(|a| a.cron_restart.as_deref()).collect();
+    assert_eq!(
+        crons,
+        [
+            Some("0 3 * * *"),
+            Some("*/10 * * * * *"),
+            Some("@daily"),
+            None,
+            None
+        ]
+    );
+
+    let errors = fx.errors(
+        r#"[[apps]]
+script = "app.js"
+cron_restart = "every day"
+[[apps]]
+name = "b"
+script = "app.js"
+cron = "61 * * * *"
+[[apps]]
+name = "c"
+script = "app.js"
+cron_restart = "0 0 0 1 1 * 2030"
+[[apps]]
+name = "d"
+script = "app.js"
+cron_restart = "0 0 30 2 *"
+[[apps]]
+name = "e"
+script = "app.js"
+cron_restart = true
+[[apps]]
+name = "f"
+script = "app.js"
+cron_restart = "* * * * *"
+cron = "* * * * *"
+"#,
+    );
+    let hint = "expected 5 fields (minute hour day month weekday) or 6 (seconds first), e.g. \"0 3 * * *\"";
+    assert_eq!(
+        errors,
+        [
+            format!("ecosystem.toml:3:16: apps[0].cron_restart: invalid `cron_restart` `every day`: it has 2 fields; {hint}"),
+            format!("ecosystem.toml:7:8: apps[1].cron: invalid `cron` `61 * * * *`: number out of bounds (seconds and minutes are 0-59, hours 0-23, days 1-31, months 1-12, weekdays 0-7); {hint}"),
+            format!("ecosystem.toml:11:16: apps[2].cron_restart: invalid `cron_restart` `0 0 0 1 1 * 2030`: it has 7 fields; {hint}"),
+            format!("ecosystem.toml:15:16: apps[3].cron_restart: invalid `cron_restart` `0 0 30 2 *`: it matches no date; {hint}"),
+            "ecosystem.toml:19:16: apps[4].cron_restart: expected a cron expression like \"0 3 * * *\", got a boolean".to_string(),
+            "ecosystem.toml:24:1: apps[5].cron: `cron` and `cron_restart` both set `cron_restart`; keep only one".to_string(),
+        ]
+    );
+}
+
+#[test]
 fn args_signals_exit_codes_and_exec_modes() {
     let fx = Fixture::new();
     let apps = fx.load_ok(
@@ -1030,10 +1113,12 @@ fn app_from_script_builds_the_same_spec() {
         instances: Some("max".into()),
         args: vec!["a".into(), "b c".into()],
         namespace: Some("web".into()),
+        cron_restart: Some("0 3 * * *".into()),
         ..fx.script_opts()
     };
     let app = fx.start_script("app.js", &opts).unwrap();
     assert_eq!(app.name, "api");
+    assert_eq!(app.cron_restart.as_deref(), Some("0 3 * * *"));
     assert_eq!(app.namespace, "web");
     assert_eq!(app.instances, 4);
     assert_eq!(app.args, ["a", "b c"]);
@@ -1056,6 +1141,7 @@ fn app_from_script_errors_are_keyed_by_flag_and_all_reported() {
         name: Some("a/b".into()),
         instances: Some("0".into()),
         interpreter: Some("deno".into()),
+        cron_restart: Some("* * *".into()),
         ..fx.script_opts()
     };
     let errors = fx.start_script("app.js", &opts).unwrap_err();
@@ -1070,6 +1156,7 @@ fn app_from_script_errors_are_keyed_by_flag_and_all_reported() {
         [
             "--name: invalid name `a/b`: must not contain `/`",
             "--instances: instances must be at least 1 (got 0)",
+            "--cron-restart: invalid `cron_restart` `* * *`: it has 3 fields; expected 5 fields (minute hour day month weekday) or 6 (seconds first), e.g. \"0 3 * * *\"",
             "--interpreter: interpreter `deno` not found in PATH; set `interpreter` to a full path",
         ]
     );

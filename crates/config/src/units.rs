@@ -1,5 +1,6 @@
-//! Units and counts written as text: durations (`"10s"`), sizes (`"200M"`) and instance counts
-//! (`"max"`, `"-1"`), plus the limits that refuse absurd values.
+//! Units and counts written as text: durations (`"10s"`), sizes (`"200M"`), instance counts
+//! (`"max"`, `"-1"`) and cron expressions (`"0 3 * * *"`), plus the limits that refuse absurd
+//! values.
 
 /// Most instances one app may have.
 pub const MAX_INSTANCES: u32 = 1024;
@@ -90,6 +91,32 @@ pub(crate) fn instances_from_int(n: i64, cpus: u32) -> Result<u32, String> {
 }
 
 /// ASCII digits only (no sign, no `_`), as a `u64`.
+/// Checks a cron expression as the daemon will read it: 5 fields (minute hour day-of-month month
+/// day-of-week), 6 (seconds first) or a `@nickname` such as `@daily`, that matches some time
+/// in the coming years.
+pub fn parse_cron(s: &str) -> Result<(), String> {
+    use croner::errors::CronError;
+    use croner::parser::{CronParser, Seconds, Year};
+    let cron = CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(s)
+        .map_err(|e| match e {
+            CronError::InvalidPattern(_) => {
+                format!("it has {} fields", s.split_whitespace().count())
+            }
+            CronError::ComponentError(m) | CronError::IllegalCharacters(m) => format!(
+                "{} (seconds and minutes are 0-59, hours 0-23, days 1-31, months 1-12, weekdays 0-7)",
+                m.trim_end_matches('.').to_lowercase()
+            ),
+            other => other.to_string(),
+        })?;
+    cron.find_next_occurrence(&jiff::Zoned::now(), false)
+        .map(|_| ())
+        .map_err(|_| "it matches no date".to_string())
+}
+
 fn parse_digits(digits: &str) -> Option<u64> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

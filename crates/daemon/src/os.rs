@@ -70,6 +70,10 @@ pub trait Os: Send {
     fn group_alive(&self, pgid: Pid) -> bool;
     /// The process group of `pid`, if `pid` exists.
     fn group_of(&self, pid: Pid) -> Option<Pid>;
+    /// The wall clock, what cron expressions are read against.
+    fn wall_clock(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
+    }
 }
 
 /// The real operating system (Linux).

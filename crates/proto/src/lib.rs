@@ -167,6 +167,10 @@ pub struct AppSpec {
     pub listen_timeout_ms: u64,
     /// An online instance that does not send `WATCHDOG=1` this often is restarted.
     pub watchdog_timeout_ms: Option<u64>,
+    /// Restart the running instances at the times of this cron expression (5 fields, or 6 with
+    /// seconds first; the system's time zone), PM2's `cron_restart`.
+    #[serde(default)]
+    pub cron_restart: Option<String>,
     /// Where and how the app's output is written.
     pub logs: LogSpec,
     /// The `--env <profile>` the app was started with (its `env_<profile>` is already merged into
@@ -265,6 +269,7 @@ impl AppSpec {
             wait_ready: false,
             listen_timeout_ms: defaults::LISTEN_TIMEOUT_MS,
             watchdog_timeout_ms: None,
+            cron_restart: None,
             logs: LogSpec::unset(),
             env_profile: None,
             max_memory_restart: None,
@@ -306,6 +311,7 @@ impl fmt::Debug for AppSpec {
             .field("max_memory_restart", &self.max_memory_restart)
             .field("listen_timeout_ms", &self.listen_timeout_ms)
             .field("watchdog_timeout_ms", &self.watchdog_timeout_ms)
+            .field("cron_restart", &self.cron_restart)
             .field("logs", &self.logs)
             .field("env_profile", &self.env_profile)
             .finish()
@@ -616,6 +622,10 @@ pub struct Described {
     /// from a daemon that did not say). Which values are the app's: those `spec.logs` sets.
     #[serde(default)]
     pub log_rotation: Option<LogRotation>,
+    /// When the app's `cron_restart` next restarts it (Unix time, microseconds); `None` when it
+    /// has none, or while it is off (the app is stopped).
+    #[serde(default)]
+    pub cron_next_us: Option<u64>,
 }
 
 /// How a log file is rotated, every value resolved (the app's, else the daemon's default).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use pm2rs_proto::{ProcessInfo, Status};
+use pm2rs_proto::{Described, ProcessInfo, Status};
 use tempfile::TempDir;
 
 /// Longest any single CLI call may take before the test fails.
@@ -124,6 +124,11 @@ impl Pm2rs {
             .borrow_mut()
             .extend(procs.iter().filter_map(|p| p.pid));
         procs
+    }
+
+    /// `pm2rs describe <target> --json`.
+    pub fn describe(&self, target: &str) -> Vec<Described> {
+        serde_json::from_str(&self.ok(&["describe", target, "--json"])).expect("describe --json")
     }
 
     /// Polls `list` until `cond` holds, failing the test with the last listing after `deadline`.

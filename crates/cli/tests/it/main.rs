@@ -8,6 +8,7 @@
 //! - `apps`: app lifecycle through the CLI (start, list, crash, restart policy, stop, delete, scale).
 //! - `logs`: log capture, rotation, `logs`/`flush`/`reload-logs`, formats, disk problems.
 //! - `config`: ecosystem files through the CLI (errors change nothing, profiles, JSON).
+//! - `cron`: `cron_restart` restarts a real app on time; describe shows the next run.
 //! - `targets`: what commands act on: a known app's name before PATH, several targets, an
 //!   ecosystem file as the target of stop/restart/reload/delete, `reset`.
 //! - `cluster`: cluster mode, readiness and reload with real servers (Node, Python) on real sockets.
@@ -24,6 +25,7 @@ mod apps;
 mod boot;
 mod cluster;
 mod config;
+mod cron;
 mod daemon;
 mod harness;
 mod http;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use pm2rs_proto::{Described, ProcessInfo, Status};
+use pm2rs_proto::{ProcessInfo, Status};
 
 use crate::harness::{DEADLINE, Pm2rs, eventually};
 
@@ -21,10 +21,6 @@ fn status_of(t: &Pm2rs, name: &str) -> Option<Status> {
     by_name(&t.list()).get(name).map(|p| p.status)
 }
 
-fn describe(t: &Pm2rs, target: &str) -> Vec<Described> {
-    serde_json::from_str(&t.ok(&["describe", target, "--json"])).expect("describe --json")
-}
-
 #[test]
 fn start_of_a_known_app_starts_it_instead_of_a_program_of_that_name() {
     let t = Pm2rs::new();
@@ -38,7 +34,7 @@ fn start_of_a_known_app_starts_it_instead_of_a_program_of_that_name() {
     assert!(out.contains("started again echo"), "{out}");
     let p = t.wait_online("echo", 1).remove(0);
     assert_eq!(p.restarts, 1, "{p:?}");
-    let d = describe(&t, "echo").remove(0);
+    let d = t.describe("echo").remove(0);
     assert!(d.spec.script.ends_with("srv.sh"), "{:?}", d.spec.script);
 
     // By id and by namespace too, and `all`; a running app is restarted, as PM2 does.
@@ -53,7 +49,7 @@ fn start_of_a_known_app_starts_it_instead_of_a_program_of_that_name() {
             .any(|p| p.status == Status::Online && p.pid.is_some() && p.pid != before.pid)
     });
     assert_eq!(by_name(&after)["echo"].restarts, before.restarts + 1);
-    assert!(describe(&t, "echo")[0].spec.script.ends_with("srv.sh"));
+    assert!(t.describe("echo")[0].spec.script.ends_with("srv.sh"));
 
     // Script options with a known app's name are refused, nothing changes.
     let pid = t.wait_online("echo", 1)[0].pid;

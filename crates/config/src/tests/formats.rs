@@ -87,10 +87,11 @@ env_production = { NODE_ENV = "production" }
 name = "worker"
 script = "app.js"
 interpreter_args = "--max-old-space-size=128"
+cron_restart = "0 3 * * *"
 "#;
 
 /// A PM2 ecosystem as people write them: `require`, `__dirname`, `process.env` with a default,
-/// a harmless `watch: false`, an alias, and a helper function that is called, not exported.
+/// a harmless `watch: false`, aliases, and a helper function that is called, not exported.
 const SEED_JS: &str = r#"const path = require('path');
 const port = () => 3000;
 module.exports = {
@@ -108,7 +109,7 @@ module.exports = {
       env: { NODE_ENV: 'development', PORT: port(), FROM_ENV: process.env.PM2RS_TEST_UNSET_VAR || 'fallback' },
       env_production: { NODE_ENV: 'production' },
     },
-    { name: 'worker', script: 'app.js', node_args: '--max-old-space-size=128' },
+    { name: 'worker', script: 'app.js', node_args: '--max-old-space-size=128', cron: '0 3 * * *' },
   ],
 };
 "#;
@@ -346,7 +347,7 @@ fn config_file_names_as_pm2_recognises_them() {
     }
 }
 
-const SEED_YAML: &str = "apps:\n  - name: api\n    script: app.js\n    cwd: sub\n    args: [--color, red]\n    instances: 2\n    exec_mode: cluster\n    max_restarts: 5\n    kill_timeout: 3000\n    watch: false\n    env:\n      NODE_ENV: development\n      PORT: 3000\n      FROM_ENV: fallback\n    env_production:\n      NODE_ENV: production\n  - name: worker\n    script: app.js\n    node_args: --max-old-space-size=128\n";
+const SEED_YAML: &str = "apps:\n  - name: api\n    script: app.js\n    cwd: sub\n    args: [--color, red]\n    instances: 2\n    exec_mode: cluster\n    max_restarts: 5\n    kill_timeout: 3000\n    watch: false\n    env:\n      NODE_ENV: development\n      PORT: 3000\n      FROM_ENV: fallback\n    env_production:\n      NODE_ENV: production\n  - name: worker\n    script: app.js\n    node_args: --max-old-space-size=128\n    cron_restart: \"0 3 * * *\"\n";
 
 #[test]
 fn yaml_ecosystem_gives_the_same_apps_as_toml() {
@@ -461,6 +462,10 @@ fn convert_round_trips_js_json_and_yaml() {
     assert!(
         toml.contains("\ninterpreter_args = \"--max-old-space-size=128\"\n"),
         "aliases become canonical:\n{toml}"
+    );
+    assert!(
+        toml.contains("\ncron_restart = \"0 3 * * *\"\n"),
+        "cron is carried over as cron_restart:\n{toml}"
     );
     assert!(
         toml.contains(

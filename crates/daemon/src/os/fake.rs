@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -65,12 +66,25 @@ struct Table {
     processes: BTreeMap<Pid, FakeProcess>,
     behaviours: HashMap<String, Behaviour>,
     asked: Vec<(Instant, Asked)>,
+    /// How far the wall clock was set forward (a suspend, a clock change).
+    wall_shift: std::time::Duration,
 }
 
 /// The fake, as the supervisor holds it.
 pub struct FakeOs {
     table: Arc<Mutex<Table>>,
     exits: mpsc::Sender<Exit>,
+    /// When it was made, on the paused clock: its wall clock reads [`FAKE_WALL_START`] then.
+    made: Instant,
+}
+
+/// The fake's wall clock when it is made: 2027-01-15 08:00:00.25 UTC, a quarter second past a
+/// whole second, so that the cron occurrences of a test are known exactly.
+pub const FAKE_WALL_START_MS: u64 = 1_800_000_000_250;
+
+/// [`FAKE_WALL_START_MS`] as a time.
+pub fn fake_wall_start() -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(FAKE_WALL_START_MS)
 }
 
 /// The fake, as the test holds it.
@@ -90,6 +104,7 @@ pub fn new(exits: mpsc::Sender<Exit>) -> (FakeOs, FakeHandle) {
         FakeOs {
             table: table.clone(),
             exits: exits.clone(),
+            made: Instant::now(),
         },
         FakeHandle { table, exits },
     )
@@ -201,6 +216,12 @@ impl FakeHandle {
             return false;
         };
         nix::unistd::write(out, bytes).is_ok()
+    }
+
+    /// Sets the wall clock forward by `by`, as a suspend or a clock change would (the paused
+    /// clock does not move).
+    pub fn shift_wall_clock(&self, by: std::time::Duration) {
+        lock(&self.table).wall_shift += by;
     }
 
     /// Pids of the live leaders of `app`, oldest first.
@@ -342,5 +363,10 @@ impl Os for FakeOs {
             .processes
             .contains_key(&pid)
             .then_some(pid)
+    }
+
+    /// Moves with the paused clock, from [`fake_wall_start`], plus what the test set it forward.
+    fn wall_clock(&self) -> SystemTime {
+        fake_wall_start() + (Instant::now() - self.made) + lock(&self.table).wall_shift
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::unistd::Pid;
 use pm2rs_proto::{ActionResponse, ErrorKind, ReloadRequest, Status};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::exits::became_ready;
 use super::snapshot::api_error;
@@ -132,7 +132,7 @@ impl Supervisor {
         }
         info!(target = %request.target, instances = running.len(), parallel = request.parallel, "reload");
         self.reloads
-            .push((Reload::new(running, request.parallel), reply));
+            .push((Reload::new(running, request.parallel), Some(reply)));
         self.advance_reloads();
     }
 
@@ -163,7 +163,11 @@ impl Supervisor {
                         ))
                     }
                 };
-                self.outbox.reply(reply, result);
+                match (reply, result) {
+                    (Some(reply), result) => self.outbox.reply(reply, result),
+                    (None, Err(e)) => warn!("cron_restart: {}", e.message),
+                    (None, Ok(_)) => {}
+                }
                 self.dirty = true;
             } else {
                 self.reloads.push((job, reply));

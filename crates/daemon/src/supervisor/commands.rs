@@ -44,6 +44,10 @@ impl Supervisor {
             Command::Kill { reply } => {
                 // The apps are stopped, not forgotten: the dump keeps them for `resurrect`.
                 self.durable.freeze();
+                let names: Vec<String> = self.apps.keys().cloned().collect();
+                for name in names {
+                    self.disarm_cron(&name);
+                }
                 let ids: Vec<u32> = self.instances.keys().copied().collect();
                 self.stop_ids(&ids);
                 self.pending.push(Pending::new(ids, Then::Kill(reply)));
@@ -114,6 +118,7 @@ impl Supervisor {
                 && all
             {
                 app.stopped = true;
+                self.disarm_cron(&name);
             }
         }
     }
@@ -277,16 +282,21 @@ impl Supervisor {
         names
     }
 
-    /// Registers an app, with no instance yet (`stopped`: the user stopped it).
+    /// Registers an app, with no instance yet (`stopped`: the user stopped it); its cron
+    /// restart is on unless it is stopped.
     pub(super) fn register_app(&mut self, spec: AppSpec, stopped: bool) {
+        let name = spec.name.clone();
+        self.disarm_cron(&name);
         self.apps.insert(
-            spec.name.clone(),
+            name.clone(),
             App {
                 policy: RestartPolicy::from(&spec),
                 spec: Arc::new(spec),
                 stopped,
+                cron: None,
             },
         );
+        self.set_cron(&name);
         self.dirty = true;
     }
 
@@ -360,8 +370,10 @@ impl Supervisor {
         if !p.settled() {
             return;
         }
+        let mut arm = None;
         if let Some(app) = self.apps.get_mut(&p.app) {
             app.stopped = false;
+            arm = Some(p.app.clone());
         }
         if counted == Counted::AsRestart {
             p.restarts += 1;
@@ -371,6 +383,9 @@ impl Supervisor {
         p.reason = None;
         if transition(p, Event::StartRequested) {
             self.spawn_instance(id);
+        }
+        if let Some(name) = arm {
+            self.arm_cron(&name);
         }
     }
 
@@ -460,10 +475,33 @@ impl Supervisor {
             Then::Forget => self.remove(&ids),
             Then::LimitRestart(reason) => {
                 for &id in &ids {
-                    self.start_instance(id, Counted::AsRestart);
+                    // Not an instance of an app the user stopped meanwhile.
+                    let stopped = self
+                        .instances
+                        .get(&id)
+                        .and_then(|p| self.apps.get(&p.app))
+                        .is_none_or(|app| app.stopped);
                     if let Some(p) = self.instances.get_mut(&id) {
                         p.limit_restart = false;
+                    }
+                    if stopped {
+                        continue;
+                    }
+                    self.start_instance(id, Counted::AsRestart);
+                    if let Some(p) = self.instances.get_mut(&id) {
                         p.restart_reason = Some(reason.clone());
+                    }
+                }
+            }
+            Then::Start => {
+                for &id in &ids {
+                    let stopped = self
+                        .instances
+                        .get(&id)
+                        .and_then(|p| self.apps.get(&p.app))
+                        .is_none_or(|app| app.stopped);
+                    if !stopped {
+                        self.start_instance(id, Counted::AsRestart);
                     }
                 }
             }
@@ -493,6 +531,7 @@ impl Supervisor {
         for id in ids {
             self.start_instance(id, Counted::AsRestart);
         }
+        self.set_cron(&name);
         info!(app = %name, "app updated");
     }
 
@@ -527,6 +566,7 @@ impl Supervisor {
             let left = self.counted_ids_of(&name).count() as u32;
             if left == 0 {
                 self.cluster.close(&name);
+                self.disarm_cron(&name);
                 self.apps.remove(&name);
                 info!(app = %name, "app deleted");
             } else if let Some(app) = self.apps.get_mut(&name)

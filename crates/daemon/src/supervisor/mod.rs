@@ -8,11 +8,12 @@
 //!   [`crate::cluster::NOTICE_QUEUE`]);
 //! - `DrainEnded`: a log pipe reached end of file (the [`LogHub`]'s `Notify`, one stored wake-up);
 //! - `Timer`: a timer of the [`timers`] queue is due (restart delay, kill timeout, listen
-//!   timeout, watchdog, drain recheck; any number per instance);
+//!   timeout, watchdog, drain recheck; any number per instance; and one per app for its
+//!   `cron_restart`);
 //! - `Dumped`: the dump writer ([`crate::state::writer`]) wrote a generation of the desired state
 //!   (or failed to).
 //!
-//! A new source (resource samples, file changes, cron) is a new variant and a new branch of the
+//! A new source (resource samples, file changes) is a new variant and a new branch of the
 //! loop's `select!`; every other task only sends inputs. The operating system is behind
 //! [`Os`](crate::os::Os), so this whole module runs against a fake in paused-time tests
 //! (`tests.rs`).
@@ -31,6 +32,7 @@
 //!   finish them;
 //! - `exits`: spawning a run, what an exit means, stops that wait for the group and the pipes;
 //! - `timers`: the timer queue and what each timer does when due;
+//! - `cron`: `cron_restart`, an app's timer for its next scheduled restart;
 //! - `snapshot`: the published [`Snapshot`], target resolution, the outbox of replies;
 //! - `cluster_ops`: readiness notices, reload jobs, closing an app's sockets;
 //! - `durable`: the desired state sent to the dump writer, replies held until it is written;
@@ -39,6 +41,7 @@
 mod adopt;
 mod cluster_ops;
 mod commands;
+mod cron;
 mod durable;
 mod exits;
 mod limits;
@@ -201,6 +204,8 @@ struct App {
     policy: RestartPolicy,
     /// The user stopped every instance of it: it stays stopped when the dump is restored.
     stopped: bool,
+    /// Its `cron_restart`, if it has one (on unless `stopped`).
+    cron: Option<cron::CronRestart>,
 }
 
 /// The current run of an instance.
@@ -284,6 +289,9 @@ enum Then {
     Forget,
     /// Start them again, replying to nobody: the daemon restarted them for a limit (the reason).
     LimitRestart(String),
+    /// Start them again, replying to nobody (a cron restart); not those of an app the user
+    /// stopped meanwhile.
+    Start,
 }
 
 /// A command waiting for its instances to settle. Each instance counts once it has settled
@@ -337,8 +345,11 @@ pub struct Supervisor {
     shutdown: CancellationToken,
     dirty: bool,
     cluster: Cluster,
-    /// Reloads in progress, each with the reply its command waits for.
-    reloads: Vec<(Reload, Reply<ActionResponse>)>,
+    /// Reloads in progress, each with the reply its command waits for (none for a cron
+    /// restart's).
+    reloads: Vec<(Reload, Option<Reply<ActionResponse>>)>,
+    /// The key of the next app cron timer (see `cron`).
+    next_cron_key: u32,
     /// The dump writer and what was last sent to it.
     durable: durable::Durable,
     /// The apps to restore when the loop starts (taken by [`Supervisor::run`]).
@@ -395,6 +406,7 @@ impl Supervisor {
             dirty: true,
             cluster,
             reloads: Vec::new(),
+            next_cron_key: 0,
             durable: durable::Durable::new(dump),
             restore,
             keeper,

@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub logs: BTreeMap<u32, (PathBuf, PathBuf)>,
     /// What the user should know (a bad dump set aside, a dump that cannot be written).
     pub warnings: Vec<String>,
+    /// The next cron restart of each app whose cron is on (Unix microseconds), by name.
+    pub cron_next_us: BTreeMap<String, u64>,
 }
 
 impl Snapshot {
@@ -47,6 +49,7 @@ impl Snapshot {
                 combined_log: None,
                 log_problems: Vec::new(),
                 log_rotation: None,
+                cron_next_us: self.cron_next_us.get(&p.name).copied(),
             });
         }
         Ok(DescribeResponse {
@@ -316,6 +319,7 @@ impl Supervisor {
                 })
                 .collect(),
             warnings: self.durable.warnings(),
+            cron_next_us: self.cron_next_us().collect(),
         };
         self.snapshot.send_replace(Arc::new(snapshot));
         self.dirty = false;

@@ -243,6 +243,29 @@ impl Rig {
         }
     }
 
+    /// Waits for a reload's replacement of `old` (the last of `count` instances), checks that
+    /// `old` serves on unsignalled for `serving`, then makes the replacement ready; its pid.
+    async fn ready_replacement(&mut self, old: Pid, count: usize, serving: Duration) -> u32 {
+        self.until("a replacement is spawned", |s| s.processes.len() == count)
+            .await;
+        tokio::time::sleep(serving).await;
+        assert!(
+            self.os.signals(old).is_empty(),
+            "stopped before its successor was ready"
+        );
+        let new = self.snapshot.borrow().processes[count - 1]
+            .pid
+            .expect("running");
+        self.notices
+            .send(Notice::Notify {
+                pid: Pid::from_raw(new as i32),
+                message: notify::Message::parse("READY=1"),
+            })
+            .await
+            .expect("supervisor runs");
+        new
+    }
+
     /// The current leader of `id` crashes; returns when the supervisor has seen it.
     async fn crash(&mut self, id: u32, code: i32) {
         let pid = self.pid(id);
@@ -698,21 +721,7 @@ async fn a_reload_stops_each_old_instance_once_its_replacement_is_ready() {
         .await
         .expect("supervisor runs");
     for (n, old) in olds.into_iter().enumerate() {
-        rig.until("a replacement is spawned", |s| s.processes.len() == 3)
-            .await;
-        tokio::time::sleep(ms(500)).await;
-        assert!(
-            rig.os.signals(old).is_empty(),
-            "stopped before its successor was ready"
-        );
-        let new = rig.snapshot.borrow().processes[2].pid.expect("running");
-        rig.notices
-            .send(Notice::Notify {
-                pid: Pid::from_raw(new as i32),
-                message: notify::Message::parse("READY=1"),
-            })
-            .await
-            .expect("supervisor runs");
+        let new = rig.ready_replacement(old, 3, ms(500)).await;
         let id = n as u32;
         // The replacement takes the old one's id (the next replacement may start at once).
         rig.until("the old instance is replaced", |s| {
@@ -1160,4 +1169,160 @@ async fn a_run_of_an_app_the_user_stopped_is_stopped() {
         vec![Signal::SIGINT]
     );
     assert!(!rig.os.group_alive(pid));
+}
+
+/// The next cron restart of `app` as published, in whole seconds of the fake's wall clock.
+fn cron_next_s(rig: &Rig, app: &str) -> Option<u64> {
+    let next = rig.snapshot.borrow().cron_next_us.get(app).copied();
+    next.map(|us| {
+        assert_eq!(us % 1_000_000, 0, "on a whole second");
+        us / 1_000_000
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cron_restart_fires_on_time_restarts_reschedules_and_stop_turns_it_off() {
+    let mut rig = Rig::new();
+    // The fake's wall clock starts a quarter second past a whole second.
+    let t0 = Instant::now();
+    let start_s = fake::FAKE_WALL_START_MS / 1000;
+    let mut spec = rig.spec("nightly");
+    spec.cron_restart = Some("* * * * * *".into());
+    let first = rig.start_behaving(spec.clone(), ORDINARY).await;
+    assert_eq!(cron_next_s(&rig, "nightly"), Some(start_s + 1));
+
+    // At the next whole second: the kill signal, then a new process, counted as a restart.
+    rig.until("the first cron restart", |s| s.processes[0].restarts == 1)
+        .await;
+    assert_eq!(rig.os.signals(first), vec![(t0 + ms(750), Signal::SIGINT)]);
+    assert_eq!(rig.os.spawn_times("nightly"), vec![t0, t0 + ms(750)]);
+    assert_eq!(rig.status(0), Status::Online);
+    assert_eq!(
+        cron_next_s(&rig, "nightly"),
+        Some(start_s + 2),
+        "rescheduled"
+    );
+    let second = rig.pid(0);
+    rig.until("the second cron restart", |s| s.processes[0].restarts == 2)
+        .await;
+    assert_eq!(
+        rig.os.signals(second),
+        vec![(t0 + ms(1750), Signal::SIGINT)]
+    );
+    assert_eq!(cron_next_s(&rig, "nightly"), Some(start_s + 3));
+
+    // Stop turns it off: nothing is started again, however long it waits.
+    rig.stop("nightly").await;
+    assert_eq!(cron_next_s(&rig, "nightly"), None);
+    tokio::time::sleep(ms(10_000)).await;
+    assert_eq!(rig.status(0), Status::Stopped);
+    assert_eq!(rig.os.spawn_times("nightly").len(), 3);
+
+    // The next start turns it on again, from now.
+    rig.start(spec).await;
+    let wall_ms = fake::FAKE_WALL_START_MS + (Instant::now() - t0).as_millis() as u64;
+    assert_eq!(cron_next_s(&rig, "nightly"), Some(wall_ms / 1000 + 1));
+    let restarts = rig.info(0).restarts;
+    rig.until("a cron restart after the start", |s| {
+        s.processes[0].restarts == restarts + 1
+    })
+    .await;
+    assert_eq!(rig.os.spawn_times("nightly").len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cron_restart_of_an_app_with_wait_ready_is_a_reload() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("api");
+    spec.wait_ready = true;
+    spec.cron_restart = Some("* * * * * *".into());
+    rig.start(spec).await;
+    rig.notify(0, "READY=1").await;
+    rig.until_status(0, Status::Online).await;
+    let old = rig.pid(0);
+    // A replacement starts beside the old instance, which serves on until it is ready.
+    let new = rig.ready_replacement(old, 2, ms(100)).await;
+    rig.until("the old instance is replaced", |s| {
+        s.processes.len() == 1 && s.processes[0].pid == Some(new)
+    })
+    .await;
+    let p = rig.info(0);
+    assert_eq!((p.status, p.restarts), (Status::Online, 1), "{p:?}");
+    assert_eq!(
+        rig.os.signals(old).len(),
+        1,
+        "the old one got its kill signal once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_or_changing_an_app_removes_or_replaces_its_cron() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("job");
+    spec.cron_restart = Some("0 0 * * *".into());
+    rig.start(spec.clone()).await;
+    let midnight = cron_next_s(&rig, "job").expect("on");
+    assert!(midnight > fake::FAKE_WALL_START_MS / 1000);
+    // A changed spec sets it anew.
+    spec.cron_restart = Some("* * * * * *".into());
+    rig.start(spec.clone()).await;
+    rig.until_status(0, Status::Online).await;
+    let restarts = rig.info(0).restarts;
+    rig.until("a per-second cron restart", |s| {
+        s.processes[0].restarts == restarts + 1
+    })
+    .await;
+    // Without one, it is gone.
+    spec.cron_restart = None;
+    rig.start(spec.clone()).await;
+    assert_eq!(cron_next_s(&rig, "job"), None);
+    let spawns = rig.os.spawn_times("job").len();
+    tokio::time::sleep(ms(5000)).await;
+    assert_eq!(rig.os.spawn_times("job").len(), spawns);
+    // Delete removes it with the app.
+    spec.cron_restart = Some("* * * * * *".into());
+    rig.start(spec).await;
+    rig.ask(|reply| Command::Delete {
+        targets: vec!["job".into()],
+        reply,
+    })
+    .await
+    .expect("delete");
+    assert!(rig.snapshot.borrow().cron_next_us.is_empty());
+    tokio::time::sleep(ms(5000)).await;
+    assert!(rig.snapshot.borrow().processes.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_hourly_cron_fires_on_the_hour_and_a_clock_set_forward_is_caught_within_a_minute() {
+    let mut rig = Rig::new();
+    let t0 = Instant::now();
+    let start_ms = fake::FAKE_WALL_START_MS;
+    let mut spec = rig.spec("hourly");
+    spec.cron_restart = Some("0 * * * *".into());
+    rig.start(spec).await;
+    let next_s = cron_next_s(&rig, "hourly").expect("on");
+    let first_wait = ms(next_s * 1000 - start_ms);
+    assert!(first_wait <= Duration::from_secs(3600), "{first_wait:?}");
+    // The timer wakes every minute to read the wall clock, and restarts nothing before the hour.
+    tokio::time::sleep_until(t0 + first_wait - ms(1)).await;
+    assert_eq!(rig.os.spawn_times("hourly"), vec![t0]);
+    assert_eq!(cron_next_s(&rig, "hourly"), Some(next_s));
+    rig.until("the restart on the hour", |s| s.processes[0].restarts == 1)
+        .await;
+    assert_eq!(rig.os.spawn_times("hourly")[1], t0 + first_wait);
+    let after_s = cron_next_s(&rig, "hourly").expect("rescheduled");
+    assert_eq!(after_s, next_s + 3600);
+
+    // The machine sleeps through the next hour (the paused clock, like tokio's, does not count
+    // it): the restart comes at the next minute's check, not an hour late.
+    let woke = Instant::now();
+    rig.os.shift_wall_clock(Duration::from_secs(3600));
+    rig.until("the restart after the sleep", |s| {
+        s.processes[0].restarts == 2
+    })
+    .await;
+    let late = rig.os.spawn_times("hourly")[2] - woke;
+    assert!(late <= super::cron::CRON_RECHECK, "{late:?}");
+    assert_eq!(cron_next_s(&rig, "hourly"), Some(after_s + 3600));
 }

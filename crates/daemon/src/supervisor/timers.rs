@@ -37,9 +37,13 @@ pub enum TimerKind {
     /// The grace of a run of an unknown app that a previous daemon left is over: SIGKILL its
     /// group. Its id is not an instance's (see [`super::adopt`]).
     Retire,
+    /// An app's `cron_restart` is due. Its id is the app's cron key, not an instance's (see
+    /// [`super::cron`]), so it is not in [`TimerKind::ALL`].
+    Cron,
 }
 
 impl TimerKind {
+    /// The kinds of an instance's timers (what removing or renaming an instance moves).
     pub const ALL: [TimerKind; 6] = [
         TimerKind::RestartDelay,
         TimerKind::KillTimeout,
@@ -50,8 +54,8 @@ impl TimerKind {
     ];
 }
 
-/// A timer's name: whose it is and what for. (Per-app timers, such as a cron restart, get a
-/// variant of their own here.)
+/// A timer's name: whose it is and what for: an instance id and a [`TimerKind`], or for a
+/// per-app timer ([`TimerKind::Cron`]) the app's cron key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerKey {
     pub id: u32,
@@ -170,9 +174,10 @@ pub async fn sleep_until(at: Option<Instant>) {
 impl Supervisor {
     /// A timer is due.
     pub(super) fn on_timer(&mut self, TimerKey { id, kind }: TimerKey) {
-        if kind == TimerKind::Retire {
-            self.retire_now(id);
-            return;
+        match kind {
+            TimerKind::Retire => return self.retire_now(id),
+            TimerKind::Cron => return self.on_cron(id),
+            _ => {}
         }
         let Some(p) = self.instances.get_mut(&id) else {
             return;
@@ -216,7 +221,7 @@ impl Supervisor {
                 }
             }
             // Handled before the instance lookup: not an instance's.
-            TimerKind::Retire => {}
+            TimerKind::Retire | TimerKind::Cron => {}
         }
     }
 
