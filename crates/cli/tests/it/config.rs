@@ -233,14 +233,13 @@ fn a_yaml_ecosystem_starts_and_its_errors_have_lines() {
     t.wait_online("yml", 2);
     t.write(
         "bad.yaml",
-        "apps:\n  - name: y2\n    script: s.sh\n    max_memory_restart: 1G\n",
+        "apps:\n  - name: y2\n    script: s.sh\n    pid_file: /run/y2.pid\n",
     );
     let r = t.run(&["start", "bad.yaml"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains(
-            "bad.yaml:4:5: apps[0].max_memory_restart: `max_memory_restart` is not supported yet"
-        ),
+        r.stderr
+            .contains("bad.yaml:4:5: apps[0].pid_file: `pid_file` is not supported yet"),
         "{}",
         r.stderr
     );

@@ -59,6 +59,8 @@ const ORDINARY: Behaviour = Behaviour {
 /// A supervisor running on the fake OS, and the test's ends of its channels.
 struct Rig {
     commands: mpsc::Sender<Command>,
+    /// Stands for the sampler.
+    samples: watch::Sender<crate::metrics::Samples>,
     notices: mpsc::Sender<Notice>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     os: FakeHandle,
@@ -106,6 +108,7 @@ impl Rig {
         let (notice_tx, notice_rx) = mpsc::channel(cluster::NOTICE_QUEUE);
         let (snapshot_tx, snapshot) = watch::channel(Arc::default());
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (samples, samples_rx) = watch::channel(Arc::default());
         let supervisor = Supervisor::new(Parts {
             logs,
             cluster: Cluster::start(dir.path(), notice_tx.clone()),
@@ -122,10 +125,11 @@ impl Rig {
             commands: command_rx,
             exits: exit_rx,
             notices: notice_rx,
-            samples: None,
+            samples: Some(samples_rx),
         };
         let rig = Rig {
             commands,
+            samples,
             notices: notice_tx,
             snapshot,
             os: handle,
@@ -1325,4 +1329,80 @@ async fn an_hourly_cron_fires_on_the_hour_and_a_clock_set_forward_is_caught_with
     let late = rig.os.spawn_times("hourly")[2] - woke;
     assert!(late <= super::cron::CRON_RECHECK, "{late:?}");
     assert_eq!(cron_next_s(&rig, "hourly"), Some(after_s + 3600));
+}
+
+impl Rig {
+    /// The sampler reports `memory` bytes for the group of `pid`.
+    fn sample(&self, pid: Pid, memory: u64) {
+        let sample = crate::metrics::Sample {
+            cpu_percent: 0.0,
+            memory_bytes: memory,
+            leader_cpu_percent: 0.0,
+            leader_memory_bytes: memory / 2,
+            processes: 2,
+        };
+        let samples = std::collections::HashMap::from([(pid.as_raw() as u32, sample)]);
+        self.samples.send_replace(Arc::new(samples));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_over_its_memory_limit_is_restarted_counted_and_not_unstable() {
+    let mut rig = Rig::new();
+    let mut spec = rig.spec("hog");
+    spec.max_memory_restart = Some(50 << 20);
+    spec.kill_timeout_ms = 2500;
+    rig.start(spec).await;
+    let pid = rig.pid(0);
+    rig.sample(pid, 40 << 20);
+    tokio::time::sleep(ms(100)).await;
+    assert!(
+        rig.os.signals(pid).is_empty(),
+        "under the limit: left alone"
+    );
+    let t0 = Instant::now();
+    rig.sample(pid, 60 << 20);
+    rig.until("the hog restarted", |s| {
+        s.processes[0].restarts == 1 && s.processes[0].status == Status::Online
+    })
+    .await;
+    assert_eq!(
+        rig.os.signals(pid),
+        vec![(t0, Signal::SIGINT)],
+        "the kill signal at once"
+    );
+    let info = rig.info(0);
+    assert_ne!(info.pid, Some(pid.as_raw() as u32));
+    assert_eq!(info.unstable_restarts, 0);
+    assert_eq!(
+        info.restart_reason.as_deref(),
+        Some("memory 60M over limit 50M")
+    );
+    // The new run is watched too; a stale sample of the old pid changes nothing.
+    tokio::time::sleep(ms(100)).await;
+    assert_eq!(rig.info(0).restarts, 1);
+    let new = Pid::from_raw(info.pid.unwrap() as i32);
+    rig.sample(new, 51 << 20);
+    rig.until("the new run restarted", |s| s.processes[0].restarts == 2)
+        .await;
+    rig.until_status(0, Status::Online).await;
+    assert!(rig.info(0).restart_reason.is_some());
+    // A crash restart afterwards is not a limit restart: the reason goes.
+    rig.crash(0, 1).await;
+    rig.until("restarted after the crash", |s| {
+        s.processes[0].restarts == 3
+    })
+    .await;
+    assert_eq!(rig.info(0).restart_reason, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_app_without_a_limit_is_never_restarted_for_memory() {
+    let rig = Rig::new();
+    rig.start(rig.spec("big")).await;
+    let pid = rig.pid(0);
+    rig.sample(pid, 10 << 30);
+    tokio::time::sleep(ms(1000)).await;
+    assert!(rig.os.signals(pid).is_empty());
+    assert_eq!(rig.info(0).restarts, 0);
 }
