@@ -183,10 +183,11 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
             || args.port.is_some()
             || args.wait_ready
             || args.cron_restart.is_some()
+            || args.watch
             || !args.args.is_empty()
         {
             return Err(UsageError(
-                "--name, -i, --interpreter, --port, --wait-ready, --cron-restart and script arguments apply to a script, not an ecosystem file; \
+                "--name, -i, --interpreter, --port, --wait-ready, --cron-restart, --watch and script arguments apply to a script, not an ecosystem file; \
                  set them in the file instead"
                     .into(),
             )
@@ -228,6 +229,7 @@ async fn start(home: &std::path::Path, args: StartArgs) -> anyhow::Result<ExitCo
                 port: args.port,
                 wait_ready: args.wait_ready,
                 cron_restart: args.cron_restart,
+                watch: args.watch,
                 cwd: std::env::current_dir().context("cannot read the current directory")?,
                 cpus,
             },
@@ -297,6 +299,7 @@ async fn start_known(home: &std::path::Path, args: &StartArgs) -> anyhow::Result
         || args.port.is_some()
         || args.wait_ready
         || args.cron_restart.is_some()
+        || args.watch
         || !args.args.is_empty()
         || !args.only.is_empty()
         || args.env_profile.is_some()

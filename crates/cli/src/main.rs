@@ -164,6 +164,10 @@ pub struct StartArgs {
     /// with seconds first; script mode).
     #[arg(short = 'c', long = "cron-restart", visible_alias = "cron")]
     pub cron_restart: Option<String>,
+    /// Restart the app when a file under the current directory changes (script mode;
+    /// node_modules and .git ignored).
+    #[arg(long)]
+    pub watch: bool,
     /// Only start these apps of the ecosystem file (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,

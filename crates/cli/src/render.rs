@@ -572,6 +572,26 @@ pub fn describe(d: &Described, style: &Style, now_us: u64) -> String {
             group_figure(p, p.memory_bytes, p.leader_memory_bytes, format_bytes),
         ),
         (
+            "watch",
+            if s.watch.is_empty() {
+                "off".to_string()
+            } else {
+                let paths: Vec<String> = s.watch.iter().map(|p| path(p)).collect();
+                format!(
+                    "{} (ignoring {}; restart {} after the last change)",
+                    paths.join(", "),
+                    pm2rs_proto::defaults::IGNORE_WATCH
+                        .iter()
+                        .copied()
+                        .chain(s.ignore_watch.iter().map(String::as_str))
+                        .map(|g| clean(g).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    format_duration(s.watch_delay_ms)
+                )
+            },
+        ),
+        (
             "max_memory_restart",
             s.max_memory_restart
                 .map_or_else(|| "none".to_string(), format_bytes),

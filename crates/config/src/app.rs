@@ -217,6 +217,10 @@ struct Draft<'n> {
     listen_timeout_ms: Option<u64>,
     watchdog_timeout_ms: Option<u64>,
     max_memory_restart: Option<u64>,
+    /// `Some(None)`: the app's cwd (`watch = true`); `Some(Some(paths))`: these (empty: off).
+    watch: Option<Option<Vec<String>>>,
+    ignore_watch: Option<Vec<String>>,
+    watch_delay_ms: Option<u64>,
     /// `Some(None)`: written as off (`false` or `""`).
     cron_restart: Option<Option<String>>,
     logs: LogDraft<'n>,
@@ -489,6 +493,61 @@ impl Reader<'_> {
             },
         };
         parsed.map_err(|e| self.diag.error(&node.loc, path, e)).ok()
+    }
+
+    /// `watch`: `true` (the app's cwd), `false`, or a path or list of paths (relative to `cwd`).
+    fn watch(&mut self, node: &Node, path: &str) -> Option<Option<Vec<String>>> {
+        match &node.value {
+            Value::Bool(true) => Some(None),
+            Value::Bool(false) => Some(Some(vec![])),
+            Value::Str(s) if s.is_empty() => Some(Some(vec![])),
+            Value::Str(s) => Some(Some(vec![s.clone()])),
+            Value::Array(_) => self.strings(node, path).map(Some),
+            _ => {
+                self.type_error(node, path, "true, false, a path or an array of paths");
+                None
+            }
+        }
+    }
+
+    /// `ignore_watch`: a glob or an array of globs, each checked.
+    fn globs(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let globs = match &node.value {
+            Value::Str(s) => vec![s.clone()],
+            Value::Array(_) => self.strings(node, path)?,
+            _ => {
+                self.type_error(node, path, "a glob or an array of globs");
+                return None;
+            }
+        };
+        for g in &globs {
+            if let Err(e) = globset::Glob::new(g) {
+                self.diag
+                    .error(&node.loc, path, format!("invalid glob `{g}`: {e}"));
+                return None;
+            }
+        }
+        Some(globs)
+    }
+
+    /// An array of strings (no splitting, unlike [`Self::words`]).
+    fn strings(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let Value::Array(items) = &node.value else {
+            self.type_error(node, path, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match &item.value {
+                Value::Str(s) => out.push(s.clone()),
+                _ => {
+                    self.type_error(item, &format!("{path}[{i}]"), "a string");
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     /// `max_memory_restart`: `"150M"`, `"1G"` or bytes, at least [`MIN_MEMORY_LIMIT`] (a smaller
@@ -845,6 +904,9 @@ impl<'n> Draft<'n> {
                     d.watchdog_timeout_ms = r.duration(node, p, key, MAX_DURATION_MS);
                 }
                 Field::MaxMemoryRestart => d.max_memory_restart = r.memory_limit(node, p, key),
+                Field::Watch => d.watch = r.watch(node, p),
+                Field::IgnoreWatch => d.ignore_watch = r.globs(node, p),
+                Field::WatchDelay => d.watch_delay_ms = r.duration(node, p, key, MAX_DURATION_MS),
                 Field::CronRestart => d.cron_restart = r.cron(node, p, key),
             }
         }
@@ -955,6 +1017,13 @@ impl<'n> Draft<'n> {
         let exec_mode = self.exec_mode.unwrap_or_default();
         let listen = listen_addresses(self.port, self.listen, exec_mode, path, diag);
 
+        let watch = match (&self.watch, &cwd) {
+            (Some(None), Some(cwd)) => vec![cwd.clone()],
+            (Some(Some(paths)), Some(cwd)) => {
+                paths.iter().map(|p| absolute(cwd, Path::new(p))).collect()
+            }
+            _ => vec![],
+        };
         let spec = AppSpec {
             name: name?.into_string(),
             namespace: self
@@ -996,6 +1065,9 @@ impl<'n> Draft<'n> {
             cron_restart: self.cron_restart.flatten(),
             env_profile: ctx.profile.map(str::to_string),
             max_memory_restart: self.max_memory_restart,
+            watch,
+            ignore_watch: self.ignore_watch.unwrap_or_default(),
+            watch_delay_ms: self.watch_delay_ms.unwrap_or(defaults::WATCH_DELAY_MS),
         };
         Some(CheckedApp { spec, name_loc })
     }

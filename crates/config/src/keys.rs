@@ -45,6 +45,9 @@ pub(crate) enum Field {
     LogCompress,
     DisableLogs,
     MaxMemoryRestart,
+    Watch,
+    IgnoreWatch,
+    WatchDelay,
     CronRestart,
 }
 
@@ -142,6 +145,9 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("log_compress", Is(F::LogCompress)),
     ("disable_logs", Is(F::DisableLogs)),
     ("max_memory_restart", Is(F::MaxMemoryRestart)),
+    ("watch", Is(F::Watch)),
+    ("ignore_watch", Is(F::IgnoreWatch)),
+    ("watch_delay", Is(F::WatchDelay)),
     ("cron_restart", Is(F::CronRestart)),
     // PM2's aliases of implemented keys.
     ("exec", Is(F::Script)),
@@ -153,10 +159,7 @@ pub(crate) const KEYS: &[(&str, Kind)] = &[
     ("combine_logs", Is(F::MergeLogs)),
     ("cron", Is(F::CronRestart)),
     // Recognised PM2 keys, not implemented yet.
-    ("watch", NotYet(Noop::FalseOrEmpty)),
-    ("ignore_watch", NotYet(Noop::Any)),
     ("watch_options", NotYet(Noop::Any)),
-    ("watch_delay", NotYet(Noop::Any)),
     ("shutdown_with_message", NotYet(Noop::Bool(false))),
     ("pid_file", NotYet(Noop::Never)),
     ("autostart", NotYet(Noop::Bool(true))),

@@ -103,6 +103,8 @@ pub struct ScriptOptions {
     pub wait_ready: bool,
     /// `--cron-restart`: restart the app at the times of this cron expression.
     pub cron_restart: Option<String>,
+    /// `--watch`: restart the app when a file under its cwd changes.
+    pub watch: bool,
     /// The CLI's working directory: the script is resolved against it and the app runs in it
     /// (empty = the process's current directory).
     pub cwd: PathBuf,

@@ -55,6 +55,9 @@ pub(crate) fn app_from_script_with(
     if opts.wait_ready {
         entries.push(flag_entry("wait_ready", "--wait-ready", Value::Bool(true)));
     }
+    if opts.watch {
+        entries.push(flag_entry("watch", "--watch", Value::Bool(true)));
+    }
     if !opts.args.is_empty() {
         let args = opts
             .args

@@ -157,6 +157,9 @@ wait_ready = true
 listen_timeout = "10s"
 watchdog_timeout = "30s"
 max_memory_restart = "150M"
+watch = ["src", "../../shared"]
+ignore_watch = "*.tmp"
+watch_delay = "500ms"
 cron_restart = "0 3 * * *"
 "#,
     );
@@ -200,6 +203,9 @@ cron_restart = "0 3 * * *"
         logs: LogSpec::unset(),
         env_profile: None,
         max_memory_restart: Some(150 << 20),
+        watch: vec![fx.root().join("srv/api/src"), fx.root().join("shared")],
+        ignore_watch: vec!["*.tmp".into()],
+        watch_delay_ms: 500,
     };
     assert_eq!(apps, vec![expected]);
 }
@@ -760,7 +766,6 @@ treekill = false
     assert_eq!(
         errors,
         [
-            "ecosystem.toml:3:1: apps[0].watch: `watch` is not supported yet by pm2rs (remove it or set it to false)",
             "ecosystem.toml:5:1: apps[0].treekill: `treekill` is not supported yet by pm2rs (remove it or set it to true)",
         ]
     );
@@ -1280,6 +1285,31 @@ fn max_memory_restart_takes_sizes_and_refuses_what_cannot_be_a_limit() {
     );
     assert!(
         errors[2].starts_with("ecosystem.toml:14:") && errors[2].contains("a size like"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn watch_takes_true_paths_and_globs_and_refuses_bad_ones() {
+    let fx = Fixture::new();
+    let apps = fx.load_ok(
+        "[[apps]]\nname = \"a\"\nscript = \"app.js\"\nwatch = true\n\n[[apps]]\nname = \"b\"\nscript = \"app.js\"\nwatch = \"lib\"\nignore_watch = [\"*.log\", \"tmp/**\"]\n\n[[apps]]\nname = \"c\"\nscript = \"app.js\"\nwatch = false\n",
+    );
+    assert_eq!(apps[0].watch, vec![apps[0].cwd.clone()]);
+    assert_eq!(apps[0].watch_delay_ms, 1000, "PM2's default quiet time");
+    assert_eq!(apps[1].watch, vec![apps[1].cwd.join("lib")]);
+    assert_eq!(apps[1].ignore_watch, ["*.log", "tmp/**"]);
+    assert!(apps[2].watch.is_empty());
+    let errors = fx.errors(
+        "[[apps]]\nname = \"a\"\nscript = \"app.js\"\nwatch = 5\n\n[[apps]]\nname = \"b\"\nscript = \"app.js\"\nignore_watch = \"[oops\"\n",
+    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("ecosystem.toml:4:") && errors[0].contains("apps[0].watch"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("ecosystem.toml:9:") && errors[1].contains("invalid glob `[oops`"),
         "{errors:?}"
     );
 }

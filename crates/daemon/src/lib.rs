@@ -9,7 +9,8 @@
 //! - [`os`]: the supervisor's seam to the OS ([`os::Os`]): spawn, signal a group, group alive,
 //!   exit notification through pidfds, per-pid reaping, the orphan sweep.
 //! - [`process`]: spawning in a process group, signalling groups safely, `/proc` figures.
-//! - [`metrics`]: cpu/memory sampling for `list`.
+//! - [`metrics`]: cpu/memory sampling of process groups, for `list` and memory limits.
+//! - [`watcher`]: the file watcher behind `watch` (one inotify watcher for the daemon).
 //! - [`cluster`]: listening sockets handed to instances, readiness (sd_notify, Node IPC, the Node
 //!   shim), the rolling-reload state machine.
 //! - [`logs`]: output capture: pipes drained into rotated files, followers, the daemon's own log.
@@ -33,6 +34,7 @@ pub mod process;
 pub mod sd_notify;
 pub mod state;
 pub mod supervisor;
+pub mod watcher;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -252,6 +254,8 @@ pub async fn serve_with(
     tracker.spawn(state::writer(home.dir.clone(), desired_rx, written_tx));
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::default());
     let (metrics_tx, metrics_rx) = watch::channel(Arc::new(HashMap::new()));
+    let (watched_tx, watched_rx) = watch::channel(watcher::Watched::default());
+    let (changes_tx, changes_rx) = mpsc::channel(watcher::CHANGE_QUEUE);
     let (cmd_tx, cmd_rx) = mpsc::channel(supervisor::COMMAND_QUEUE);
     let (exit_tx, exit_rx) = mpsc::channel(os::EXIT_QUEUE);
     let (notice_tx, notice_rx) = mpsc::channel(cluster::NOTICE_QUEUE);
@@ -273,6 +277,7 @@ pub async fn serve_with(
         keeper: keeping.keeper.clone(),
         kept: keeping.kept,
         restored: keeping.restored,
+        watched: Some(watched_tx),
     });
     let sup_done = shutdown.clone();
     // However the supervisor ends (a kill, or even a panic), the daemon ends with it rather than
@@ -282,12 +287,14 @@ pub async fn serve_with(
         exits: exit_rx,
         notices: notice_rx,
         samples: Some(metrics_rx.clone()),
+        changes: Some(changes_rx),
     }));
     let supervisor = tracker.spawn(async move {
         let ending = supervisor.await;
         sup_done.cancel();
         ending
     });
+    tracker.spawn(watcher::run(watched_rx, changes_tx, shutdown.clone()));
     tracker.spawn(metrics::run(
         snapshot_rx.clone(),
         metrics_tx,

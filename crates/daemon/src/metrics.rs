@@ -241,10 +241,13 @@ mod tests {
         let target = seen[&me].cpu_ticks + 5;
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut x = 0u64;
+        // And a window long enough that whole clock ticks, counted per thread, are not most of it.
+        let window = Instant::now() + Duration::from_millis(200);
         while process::stat_sample(Pid::from_raw(me as i32))
             .unwrap()
             .cpu_ticks
             < target
+            || Instant::now() < window
         {
             assert!(Instant::now() < deadline, "no CPU time accounted");
             for _ in 0..100_000 {
@@ -256,7 +259,7 @@ mod tests {
         let cpu = second[&me].leader_cpu_percent;
         // Other tests run in this process at the same time, so more than one core may be busy.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f32;
-        assert!(cpu > 0.0 && cpu <= 100.0 * cores + 10.0, "cpu {cpu}");
+        assert!(cpu > 0.0 && cpu <= 150.0 * cores, "cpu {cpu}");
         // A different start time means another process under a reused pid: no percentage.
         let mut reused = seen.clone();
         reused.get_mut(&me).unwrap().start_ticks += 1;

@@ -181,6 +181,18 @@ pub struct AppSpec {
     /// gracefully (PM2's `max_memory_restart`).
     #[serde(default)]
     pub max_memory_restart: Option<u64>,
+    /// Files and directories (absolute, watched recursively) whose changes restart the app;
+    /// empty: not watched.
+    #[serde(default)]
+    pub watch: Vec<PathBuf>,
+    /// Globs of paths under `watch` whose changes are ignored (beside `node_modules` and `.git`,
+    /// always ignored), matched against the path relative to the watched root and each of its
+    /// components.
+    #[serde(default)]
+    pub ignore_watch: Vec<String>,
+    /// Quiet time after the last change before the restart: a burst restarts once.
+    #[serde(default = "defaults::watch_delay_ms")]
+    pub watch_delay_ms: u64,
 }
 
 /// How cluster-mode listening sockets are shared among instances.
@@ -228,6 +240,15 @@ pub mod defaults {
     pub const MAX_RESTARTS: u32 = 16;
     pub const MIN_UPTIME_MS: u64 = 1000;
     pub const RESTART_DELAY_MS: u64 = 0;
+    /// `watch_delay`: a burst of file changes restarts once, this long after its last change.
+    pub const WATCH_DELAY_MS: u64 = 1000;
+    /// Paths never watched: dependencies and version control (as PM2 ignores them).
+    pub const IGNORE_WATCH: [&str; 2] = ["node_modules", ".git"];
+
+    /// [`WATCH_DELAY_MS`], for serde defaults.
+    pub fn watch_delay_ms() -> u64 {
+        WATCH_DELAY_MS
+    }
     pub const KILL_SIGNAL: &str = "SIGINT";
     pub const KILL_TIMEOUT_MS: u64 = 1600;
     pub const LISTEN_TIMEOUT_MS: u64 = 3000;
@@ -273,6 +294,9 @@ impl AppSpec {
             logs: LogSpec::unset(),
             env_profile: None,
             max_memory_restart: None,
+            watch: vec![],
+            ignore_watch: vec![],
+            watch_delay_ms: defaults::WATCH_DELAY_MS,
         }
     }
 }
@@ -309,6 +333,9 @@ impl fmt::Debug for AppSpec {
             .field("increment_var", &self.increment_var)
             .field("wait_ready", &self.wait_ready)
             .field("max_memory_restart", &self.max_memory_restart)
+            .field("watch", &self.watch)
+            .field("ignore_watch", &self.ignore_watch)
+            .field("watch_delay_ms", &self.watch_delay_ms)
             .field("listen_timeout_ms", &self.listen_timeout_ms)
             .field("watchdog_timeout_ms", &self.watchdog_timeout_ms)
             .field("cron_restart", &self.cron_restart)

@@ -15,6 +15,8 @@
 //! - `takeover`: apps outlive the daemon: kill -9 of the daemon and `pm2rs update` take the
 //!   running instances over (same pids, no line lost, no refused connection).
 //! - `http`: the load client those tests use.
+//! - `watch`: `watch` with real files: a change restarts once, a burst once, ignored files and
+//!   stopped apps never.
 //! - `limits`: `max_memory_restart` against real memory hogs (the leader, or a child in its group).
 //! - `boot`: `startup`/`unstartup` and their files (systemd units verified), the daemon's own
 //!   sd_notify (`READY=1`, `STOPPING=1`, its `NOTIFY_SOCKET` kept from the apps).
@@ -34,3 +36,4 @@ mod logs;
 mod state;
 mod takeover;
 mod targets;
+mod watch;

@@ -292,7 +292,6 @@ fn values_json_cannot_carry_and_key_errors_are_keyed_by_path_and_located_when_un
         fx.js_errors("ecosystem.config.js", js, &opts()),
         [
             "ecosystem.config.js:1:18: apps[0].max_restarts: `max_restarts` must not be negative (got -1)",
-            "ecosystem.config.js:4:36: apps[0].watch: `watch` is not supported yet by pm2rs (remove it or set it to false)",
             "ecosystem.config.js: apps[0].instancez: unknown key `instancez`; did you mean `instances`?",
             "ecosystem.config.js:1:18: apps[1].max_restarts: `max_restarts` must not be negative (got -1)",
             "ecosystem.config.js: apps[1].instancez: unknown key `instancez`; did you mean `instances`?",
@@ -467,12 +466,7 @@ fn convert_round_trips_js_json_and_yaml() {
         toml.contains("\ncron_restart = \"0 3 * * *\"\n"),
         "cron is carried over as cron_restart:\n{toml}"
     );
-    assert!(
-        toml.contains(
-            "# left out, not supported yet by pm2rs (this value changes nothing): watch = false\n"
-        ),
-        "{toml}"
-    );
+    assert!(toml.contains("\nwatch = false\n"), "{toml}");
     assert!(toml.contains("evaluated with node"), "{toml}");
     let yaml = fx.assert_round_trip("ecosystem.yml", SEED_YAML);
     assert!(
@@ -495,7 +489,7 @@ fn convert_comments_out_what_pm2rs_does_not_support_and_what_means_otherwise() {
     for expected in [
         "# `deploy` left out: PM2 deployments are not supported by pm2rs.\n",
         "max_memory_restart = \"200M\"\n",
-        "# NOT SUPPORTED YET by pm2rs, left out (PM2 would use it): watch = [\"src\"]\n",
+        "watch = [\"src\"]\n",
         "add exec_mode = \"cluster\" for PM2's behaviour.\n",
         "add interpreter = \"node\" if it is\n# a Node script.\n",
     ] {

@@ -177,14 +177,25 @@ impl Supervisor {
             return;
         }
         let name = name.clone();
-        let graceful_reload = app.spec.exec_mode == ExecMode::Cluster || app.spec.wait_ready;
         if let Some(cron) = app.cron.as_mut() {
             cron.fired = cron.next.take().or(cron.fired);
         }
         self.dirty = true;
+        self.restart_running(&name, "cron_restart");
+        self.arm_cron(&name);
+    }
+
+    /// Restarts `name`'s running instances gracefully, for `cause` (`cron_restart`, `watch`), as
+    /// the `restart` command does, or for a cluster app or one with `wait_ready`, by a reload
+    /// without downtime; instances already in a reload are left to it.
+    pub(super) fn restart_running(&mut self, name: &str, cause: &str) {
+        let Some(app) = self.apps.get(name) else {
+            return;
+        };
+        let graceful_reload = app.spec.exec_mode == ExecMode::Cluster || app.spec.wait_ready;
         let busy = |id: &u32| self.reloads.iter().any(|(job, _)| job.involves(*id));
         let running: Vec<u32> = self
-            .counted_ids_of(&name)
+            .counted_ids_of(name)
             .filter(|id| {
                 self.instances
                     .get(id)
@@ -193,16 +204,15 @@ impl Supervisor {
             .filter(|id| !busy(id))
             .collect();
         if running.is_empty() {
-            debug!(app = %name, "cron_restart: nothing running to restart");
+            debug!(app = %name, "{cause}: nothing running to restart");
         } else if graceful_reload {
-            info!(app = %name, instances = running.len(), "cron_restart: restarting {name} (reload)");
+            info!(app = %name, instances = running.len(), "{cause}: restarting {name} (reload)");
             self.reloads.push((Reload::new(running, 1), None));
         } else {
-            info!(app = %name, instances = running.len(), "cron_restart: restarting {name}");
+            info!(app = %name, instances = running.len(), "{cause}: restarting {name}");
             self.stop_ids(&running);
             self.pending.push(Pending::new(running, Then::Start));
         }
-        self.arm_cron(&name);
     }
 
     /// The next cron restart of every app whose cron is on, as Unix microseconds.

@@ -50,6 +50,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 mod timers;
+mod watching;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -158,6 +159,8 @@ pub enum Input {
     Dumped(Written),
     /// New figures from the sampler: memory limits are checked against them.
     Sampled(crate::metrics::Samples),
+    /// The files of this app changed (`watch`): restart it.
+    FilesChanged(String),
 }
 
 /// What the supervisor is built from.
@@ -184,6 +187,9 @@ pub struct Parts {
     /// Told once `restore` and `kept` are brought back and published: every app of the dump is
     /// registered, its instances spawned or taken over (what `READY=1` waits for).
     pub restored: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Where the supervisor publishes what the file watcher watches ([`crate::watcher`]);
+    /// `None`: no watcher, `watch` restarts nothing.
+    pub watched: Option<watch::Sender<crate::watcher::Watched>>,
 }
 
 /// The receiving ends of the supervisor's input channels.
@@ -196,6 +202,8 @@ pub struct Inputs {
     pub notices: mpsc::Receiver<Notice>,
     /// The sampler's figures (see [`crate::metrics`]); `None`: no sampler (tests), no limits.
     pub samples: Option<watch::Receiver<crate::metrics::Samples>>,
+    /// The file watcher's changes: names of apps whose files changed.
+    pub changes: Option<mpsc::Receiver<String>>,
 }
 
 /// One app: its spec and the policy derived from it.
@@ -364,6 +372,8 @@ pub struct Supervisor {
     retiring: BTreeMap<u32, Tracked>,
     /// See [`Parts::restored`]; taken by [`Supervisor::run`].
     restored: Option<tokio::sync::oneshot::Sender<()>>,
+    /// See [`Parts::watched`].
+    watched: Option<watch::Sender<crate::watcher::Watched>>,
 }
 
 impl Supervisor {
@@ -380,6 +390,7 @@ impl Supervisor {
             keeper,
             kept,
             restored,
+            watched,
         } = parts;
         let mut cluster = cluster;
         cluster.set_keeper(keeper.clone());
@@ -414,6 +425,7 @@ impl Supervisor {
             handed_over: false,
             retiring: BTreeMap::new(),
             restored,
+            watched,
         }
     }
 
@@ -446,6 +458,9 @@ impl Supervisor {
                 () = logs.drain_ended() => self.handle(Input::DrainEnded),
                 samples = limits::next_samples(&mut inputs.samples) => {
                     self.handle(Input::Sampled(samples));
+                }
+                Some(app) = watching::next_change(&mut inputs.changes) => {
+                    self.handle(Input::FilesChanged(app));
                 }
                 () = timers::sleep_until(due) => {
                     let now = Instant::now();
@@ -492,6 +507,7 @@ impl Supervisor {
             Input::Timer(key) => self.on_timer(key),
             Input::Dumped(written) => self.on_dumped(written),
             Input::Sampled(samples) => self.check_limits(&samples),
+            Input::FilesChanged(app) => self.on_files_changed(&app),
         }
     }
 
@@ -506,6 +522,7 @@ impl Supervisor {
         }
         self.sync_dump();
         self.cluster.sync_keeper();
+        self.sync_watched();
         if self.dirty {
             self.publish();
         }

@@ -120,12 +120,14 @@ impl Rig {
             keeper: crate::keeper::Keeper::none(),
             kept,
             restored: None,
+            watched: None,
         });
         let inputs = Inputs {
             commands: command_rx,
             exits: exit_rx,
             notices: notice_rx,
             samples: Some(samples_rx),
+            changes: None,
         };
         let rig = Rig {
             commands,

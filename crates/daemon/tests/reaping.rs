@@ -1,6 +1,7 @@
 //! The orphan sweep of `os::RealOs` in a child subreaper, as the daemon is: orphans reparented
 //! to it are reaped, and a helper process the daemon runs itself (in its own process group, the
-//! std way) keeps its exit status for whoever waits on it, even while sweeps run.
+//! std way) keeps its exit status for whoever waits on it, even while sweeps run. A test binary
+//! of its own: it makes its process a subreaper, and no other sweeper may share it.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
