@@ -27,6 +27,8 @@
 //!   requests while `reload` runs under load; against PM2's cluster mode with `--compare pm2`).
 //! - `takeover`: pm2rs only: kill -9 of the daemon, and `update`, with 100 instances running →
 //!   the next daemon serving with all of them taken over; the fd keeper's RSS and fds.
+//! - `limits`: `max_memory_restart`: the reaction to a memory hog (`xtask memory-hog`) growing past
+//!   its limit, the hog's RSS at the kill ÷ the limit, and idle CPU with 100 limited instances.
 //! - This file: options, the list of suites, the rounds.
 //!
 //! # Adding a suite
@@ -51,11 +53,13 @@
 mod cluster;
 mod core_suite;
 mod harness;
+mod limits;
 mod logs;
 mod manager;
 mod report;
 mod takeover;
 
+pub use limits::memory_hog;
 pub use logs::flood_writer;
 
 use std::env;
@@ -82,7 +86,7 @@ pub struct Options {
     pub compare_pm2: bool,
     /// Runs of each suite per manager; default 3, or 1 with `--quick`.
     pub rounds: Option<usize>,
-    /// Run only the suite of this name (`core`, `logs`, `cluster`, `takeover`).
+    /// Run only the suite of this name (`core`, `logs`, `cluster`, `takeover`, `limits`).
     pub suite: Option<String>,
 }
 
@@ -184,6 +188,7 @@ const SUITES: &[Suite] = &[
     },
     cluster::SUITE,
     takeover::SUITE,
+    limits::SUITE,
 ];
 
 /// How long any "wait until the daemon shows X" may take before the scenario fails.

@@ -3,7 +3,8 @@
 //! # Layout
 //! - `bench`: `cargo xtask bench [--compare pm2] [--quick]` builds the release binary and measures it
 //!   (CLI round trip, daemon memory and idle CPU, start, crash-replacement and restart latency,
-//!   cluster throughput and failed requests during reload) against the targets of "what fast means" in the design notes, and with `--compare pm2` side by
+//!   cluster throughput and failed requests during reload, take-over, memory-limit reaction)
+//!   against the targets of "what fast means" in the design notes, and with `--compare pm2` side by
 //!   side with PM2 (installed with npm under `target/bench/`). Prints a Markdown table and writes
 //!   `target/bench/results.md` and `target/bench/results.json`.
 //! - `ci`: `cargo xtask ci` is the whole check CI runs: formatting, clippy with warnings denied, and
@@ -29,7 +30,7 @@ tasks:
                       alternating with pm2rs round by round;
                     --quick: fewer repetitions, 1 round, a 5 s idle-CPU window instead of 60 s;
                     --rounds N runs each suite N times per manager (default 3; 1 with --quick);
-                    --suite runs one suite only (core, logs, cluster, takeover);
+                    --suite runs one suite only (core, logs, cluster, takeover, limits);
                     --bin benches PATH instead of building the release pm2rs;
                     writes target/bench/results.md and target/bench/results.json
   ci                cargo fmt --check, clippy -D warnings, and cargo test --workspace (what CI runs)
@@ -57,6 +58,14 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("flood-writer: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        // The app of the limits bench (hidden, like flood-writer).
+        "memory-hog" => match bench::memory_hog(rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("memory-hog: {e:#}");
                 ExitCode::FAILURE
             }
         },

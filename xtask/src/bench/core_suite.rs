@@ -82,6 +82,7 @@ fn app(name: &str, instances: usize) -> App<'_> {
         instances,
         autorestart: true,
         rotate_logs: true,
+        max_memory_restart: None,
     }
 }
 
@@ -101,7 +102,7 @@ fn instances_of<'a>(list: &'a [Instance], name: &str) -> Result<Vec<&'a Instance
 }
 
 /// Polls the listing until `count` instances of `name` are online; returns the listing.
-fn wait_online(h: &mut Harness, name: &str, count: usize) -> Result<Vec<Instance>> {
+pub(super) fn wait_online(h: &mut Harness, name: &str, count: usize) -> Result<Vec<Instance>> {
     poll_until(
         &format!("{count} instances of `{name}` to be online"),
         WAIT,
@@ -118,7 +119,7 @@ fn wait_online(h: &mut Harness, name: &str, count: usize) -> Result<Vec<Instance
 }
 
 /// Polls `/proc` until exactly `count` app processes run under the daemon.
-fn wait_running(h: &mut Harness, children: &mut Children, count: usize) -> Result<()> {
+pub(super) fn wait_running(h: &mut Harness, children: &mut Children, count: usize) -> Result<()> {
     poll_until(
         &format!("{count} `{PROGRAM}` processes under the daemon"),
         WAIT,
@@ -429,12 +430,6 @@ fn restart_latency(h: &mut Harness, options: &Options) -> Result<Vec<Measurement
 
 /// Daemon CPU time over a window with 50 idle instances and no CLI traffic.
 fn idle_cpu(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
-    let window = if options.quick {
-        Duration::from_secs(5)
-    } else {
-        Duration::from_secs(60)
-    };
-    let settle = Duration::from_secs(2);
     let daemon = h.daemon()?;
     let mut children = Children::new(daemon, PROGRAM);
     h.cli(Cli::Delete(APP), Stdout::Capture)?;
@@ -443,8 +438,34 @@ fn idle_cpu(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
     h.cli(Cli::Start(&ecosystem), Stdout::Capture)?;
     wait_running(h, &mut children, IDLE_INSTANCES)?;
     wait_online(h, IDLER, IDLE_INSTANCES)?;
+    idle_window(
+        h,
+        &mut children,
+        IDLE_INSTANCES,
+        &format!("{IDLE_INSTANCES} idle instances"),
+        options,
+    )
+}
 
-    // Let the start (and the listing above) finish echoing through the daemon before the window.
+/// The idle-CPU measurement once `instances` app processes (children of the daemon `children`
+/// looks under) are running and online: a 2 s settle, then the daemon's CPU time over a 60 s
+/// window (5 s with `--quick`) with no CLI traffic, and its RSS after it. `what` ends the figure
+/// names ("daemon CPU, <what>").
+pub(super) fn idle_window(
+    h: &mut Harness,
+    children: &mut Children,
+    instances: usize,
+    what: &str,
+    options: &Options,
+) -> Result<Vec<Measurement>> {
+    let window = if options.quick {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(60)
+    };
+    let settle = Duration::from_secs(2);
+    let daemon = h.daemon()?;
+    // Let the start (and the listing before) finish echoing through the daemon before the window.
     sleep_checked(settle)?;
     ensure!(
         h.daemon()? == daemon,
@@ -457,7 +478,7 @@ fn idle_cpu(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
     let elapsed = opened.elapsed();
     let rss = rss_bytes(daemon.pid)?;
     ensure!(
-        h.scan(&mut children)?.len() == IDLE_INSTANCES,
+        h.scan(children)?.len() == instances,
         "instances died during the idle window"
     );
 
@@ -465,25 +486,21 @@ fn idle_cpu(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
     let cpu_seconds = ticks_after.saturating_sub(ticks_before) as f64 / hz as f64;
     let percent = cpu_seconds / elapsed.as_secs_f64() * 100.0;
     Ok(vec![
-        Measurement::single(
-            format!("daemon CPU, {IDLE_INSTANCES} idle instances"),
-            Unit::Percent,
-            percent,
-            None,
-        )
-        .with_note(format!(
-            "utime+stime of the daemon (/proc/<pid>/stat, 1/{hz} s ticks) over a {} s window{} \
+        Measurement::single(format!("daemon CPU, {what}"), Unit::Percent, percent, None).with_note(
+            format!(
+                "utime+stime of the daemon (/proc/<pid>/stat, 1/{hz} s ticks) over a {} s window{} \
              with no CLI traffic, {} s after the instances were online",
-            window.as_secs(),
-            if options.quick {
-                " (--quick: shortened from 60 s, so coarse)"
-            } else {
-                ""
-            },
-            settle.as_secs()
-        )),
+                window.as_secs(),
+                if options.quick {
+                    " (--quick: shortened from 60 s, so coarse)"
+                } else {
+                    ""
+                },
+                settle.as_secs()
+            ),
+        ),
         Measurement::single(
-            format!("daemon RSS after the idle window, {IDLE_INSTANCES} instances"),
+            format!("daemon RSS after the idle window, {instances} instances"),
             Unit::Mib,
             mib(rss),
             None,
@@ -493,7 +510,7 @@ fn idle_cpu(h: &mut Harness, options: &Options) -> Result<Vec<Measurement>> {
 
 /// Sleeps `duration` in short steps, failing early on Ctrl-C. Only paces the scenario: the figures
 /// come from the clocks read around it.
-fn sleep_checked(duration: Duration) -> Result<()> {
+pub(super) fn sleep_checked(duration: Duration) -> Result<()> {
     let end = Instant::now() + duration;
     loop {
         harness::interrupted()?;

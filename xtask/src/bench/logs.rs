@@ -191,6 +191,7 @@ fn via_manager(h: &mut Harness, name: &str, per_write: usize) -> Result<(Figures
             instances: 1,
             autorestart: false,
             rotate_logs: false,
+            max_memory_restart: None,
         }],
     )?;
     h.cli(Cli::Start(&eco), Stdout::Discard)?;

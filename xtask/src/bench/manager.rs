@@ -80,6 +80,8 @@ pub struct App<'a> {
     /// `log_max_size = 0`); PM2 rotates only with the pm2-logrotate module, which the bench never
     /// installs, so for PM2 this changes nothing.
     pub rotate_logs: bool,
+    /// `max_memory_restart` (a size such as `"100M"`), written the same way for both managers.
+    pub max_memory_restart: Option<&'a str>,
 }
 
 /// A manager the bench can drive.
@@ -204,6 +206,9 @@ impl Manager {
                     if !app.rotate_logs {
                         text.push_str("log_max_size = 0\n");
                     }
+                    if let Some(limit) = app.max_memory_restart {
+                        text.push_str(&format!("max_memory_restart = {limit:?}\n"));
+                    }
                 }
                 ("toml", text)
             }
@@ -213,7 +218,7 @@ impl Manager {
                 let apps: Vec<serde_json::Value> = apps
                     .iter()
                     .map(|app| {
-                        serde_json::json!({
+                        let mut json = serde_json::json!({
                             "name": app.name,
                             "script": app.script,
                             "args": app.args,
@@ -221,7 +226,11 @@ impl Manager {
                             "exec_mode": "fork",
                             "instances": app.instances,
                             "autorestart": app.autorestart,
-                        })
+                        });
+                        if let Some(limit) = app.max_memory_restart {
+                            json["max_memory_restart"] = limit.into();
+                        }
+                        json
                     })
                     .collect();
                 let text = serde_json::json!({ "apps": apps }).to_string();
@@ -387,6 +396,7 @@ mod tests {
             instances: 7,
             autorestart: false,
             rotate_logs: false,
+            max_memory_restart: Some("100M"),
         }];
         let (file, toml_text) = pm2rs().ecosystem(&apps);
         assert_eq!(file, "toml");
@@ -397,6 +407,7 @@ mod tests {
         assert_eq!(app["interpreter"].as_str(), Some("none"));
         assert_eq!(app["autorestart"].as_bool(), Some(false));
         assert_eq!(app["log_max_size"].as_integer(), Some(0));
+        assert_eq!(app["max_memory_restart"].as_str(), Some("100M"));
 
         let (file, json_text) = pm2().ecosystem(&apps);
         assert_eq!(file, "json");
@@ -407,5 +418,6 @@ mod tests {
         assert_eq!(app["exec_mode"], "fork");
         assert_eq!(app["interpreter"], "none");
         assert_eq!(app["autorestart"], false);
+        assert_eq!(app["max_memory_restart"], "100M");
     }
 }

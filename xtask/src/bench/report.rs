@@ -38,6 +38,8 @@ pub enum Unit {
     Requests,
     /// A count of open file descriptors.
     Fds,
+    /// A count of samples (failed ones).
+    Samples,
 }
 
 impl Unit {
@@ -51,6 +53,7 @@ impl Unit {
             Unit::PerSec => "req/s",
             Unit::Requests => "requests",
             Unit::Fds => "fds",
+            Unit::Samples => "samples",
         }
     }
 }

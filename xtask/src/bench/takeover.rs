@@ -49,6 +49,7 @@ fn ensure_started(h: &mut Harness) -> Result<BTreeMap<u32, u32>> {
                 instances: INSTANCES,
                 autorestart: true,
                 rotate_logs: true,
+                max_memory_restart: None,
             }],
         )?;
         h.cli(Cli::Start(&ecosystem), Stdout::Capture)?;
