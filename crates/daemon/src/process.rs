@@ -123,7 +123,11 @@ pub struct StatSample {
 
 /// Reads [`StatSample`] of `pid`, or None if the process is gone.
 pub fn stat_sample(pid: Pid) -> Option<StatSample> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// [`StatSample`] from the text of a `/proc/<pid>/stat`.
+pub fn parse_stat(stat: &str) -> Option<StatSample> {
     let rest = &stat[stat.rfind(')')? + 1..];
     // `rest` starts at field 3, so field n is item n - 3.
     let fields: Vec<u64> = rest

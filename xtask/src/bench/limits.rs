@@ -365,8 +365,14 @@ fn sample(hog: ProcId, report: &Path) -> Result<(Sample, u64)> {
         return Ok((Sample::Missed, crossed));
     }
     let deadline = Instant::now() + REACTION_WAIT;
+    // The hog's last report, kept as it comes: its replacement writes the same file, maybe
+    // before this loop sees the death.
+    let mut last = None;
     let died_us = loop {
         harness::interrupted()?;
+        if let Some(r) = read_report(report).filter(|r| r.pid == hog.pid) {
+            last = Some(r);
+        }
         if !hog.is_running() {
             break unix_micros();
         }
@@ -386,9 +392,8 @@ fn sample(hog: ProcId, report: &Path) -> Result<(Sample, u64)> {
         }
         thread::sleep(Duration::from_millis(1));
     };
-    let last = read_report(report)
-        .filter(|r| r.pid == hog.pid)
-        .with_context(|| format!("the report of the hog (pid {}) is gone", hog.pid))?;
+    let last =
+        last.with_context(|| format!("the hog (pid {}) never reported while it ran", hog.pid))?;
     ensure!(
         last.at_us <= died_us,
         "the hog's last report is later than its death"
