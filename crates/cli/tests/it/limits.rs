@@ -30,7 +30,7 @@ fn restarted_for_memory(t: &Pm2rs, name: &str) -> (ProcessInfo, ProcessInfo) {
     let after = t.wait_for("the hog restarted for its memory", DEADLINE, |list| {
         list.iter().any(|p| {
             p.name == name
-                && p.restarts >= 1
+                && p.restarts > first.restarts
                 && p.pid != first.pid
                 && p.status == Status::Online
                 && p.restart_reason.is_some()
@@ -40,12 +40,15 @@ fn restarted_for_memory(t: &Pm2rs, name: &str) -> (ProcessInfo, ProcessInfo) {
     (first, again)
 }
 
-/// When the hog said it crossed the limit (unix ms), from its first run's log.
-fn crossed_at(t: &Pm2rs, name: &str) -> u64 {
+/// When the run that ended last before `before` (unix ms) said it crossed the limit, from the
+/// app's log (each run writes one `crossed` line).
+fn crossed_before(t: &Pm2rs, name: &str, before: u64) -> u64 {
     let log = std::fs::read_to_string(t.home().join(format!("logs/{name}-out.log"))).unwrap();
     log.lines()
-        .find_map(|l| l.strip_prefix("crossed "))
-        .and_then(|ms| ms.trim().parse().ok())
+        .filter_map(|l| l.strip_prefix("crossed "))
+        .filter_map(|ms| ms.trim().parse().ok())
+        .filter(|&ms| ms <= before)
+        .max()
         .unwrap_or_else(|| panic!("the hog never said it crossed its limit:\n{log}"))
 }
 
@@ -62,7 +65,9 @@ fn an_instance_over_its_memory_limit_is_restarted_within_a_second_and_a_half() {
     t.ok(&["start", "eco.toml"]);
     let (first, again) = restarted_for_memory(&t, "hog");
     assert_eq!(again.id, first.id);
-    assert_eq!(again.restarts, 1, "one restart, counted");
+    // Counted (the hog grows back over its limit every few seconds: under load a second
+    // restart may come before this listing).
+    assert!(again.restarts > first.restarts, "counted: {again:?}");
     assert_eq!(again.unstable_restarts, 0, "not an unstable run");
     let reason = again.restart_reason.clone().unwrap();
     assert!(
@@ -71,8 +76,8 @@ fn an_instance_over_its_memory_limit_is_restarted_within_a_second_and_a_half() {
     );
     // From the hog crossing its limit to the new run's start: the old one was signalled, stopped
     // (python ends on SIGINT at once) and a new one spawned.
-    let crossed = crossed_at(&t, "hog");
     let started = again.started_at_us.unwrap() / 1000;
+    let crossed = crossed_before(&t, "hog", started);
     assert!(
         started >= crossed && started - crossed <= 1500,
         "replaced {} ms after crossing the limit",
@@ -105,8 +110,8 @@ fn memory_in_a_child_process_counts_for_its_instance() {
         p.leader_memory_bytes.unwrap() < p.memory_bytes.unwrap(),
         "the group counts more than the leader: {p:?}"
     );
-    let (_, again) = restarted_for_memory(&t, "family");
-    assert_eq!(again.restarts, 1);
+    let (first, again) = restarted_for_memory(&t, "family");
+    assert!(again.restarts > first.restarts, "counted: {again:?}");
     // The daemon's log names the restart and its reason.
     let log = std::fs::read_to_string(t.home().join("pm2rs.log")).unwrap();
     assert!(
@@ -150,7 +155,7 @@ fn a_cluster_instance_over_its_limit_is_replaced_by_a_reload() {
     );
     // A second crossing is caught as well: the limit applies to every run.
     let (_, third) = restarted_for_memory(&t, "web");
-    assert!(third.restarts >= 2, "{third:?}");
+    assert!(third.restarts > again.restarts, "{third:?}");
     let log = std::fs::read_to_string(t.home().join("pm2rs.log")).unwrap();
     assert!(log.contains("reload"), "replaced by a reload: {log}");
 }
@@ -169,5 +174,5 @@ fn a_reload_for_a_limit_that_is_never_ready_falls_back_to_a_restart() {
     t.ok(&["start", "eco.toml"]);
     let (first, again) = restarted_for_memory(&t, "mute");
     assert_eq!(again.id, first.id);
-    assert_eq!(again.restarts, 1, "{again:?}");
+    assert!(again.restarts > first.restarts, "{again:?}");
 }
