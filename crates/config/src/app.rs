@@ -550,68 +550,56 @@ impl Reader<'_> {
         ok.then_some(out)
     }
 
-    /// `max_memory_restart`: `"150M"`, `"1G"` or bytes, at least [`MIN_MEMORY_LIMIT`] (a smaller
-    /// limit is below what any program needs to start, so every run would be restarted).
-    fn memory_limit(&mut self, node: &Node, path: &str, key: &str) -> Option<u64> {
+    /// A size: `"10M"`-style text or a number of bytes, then `check`ed (its error message when
+    /// out of range). `example` is shown in the type error.
+    fn size(
+        &mut self,
+        node: &Node,
+        path: &str,
+        key: &str,
+        example: &str,
+        check: impl FnOnce(u64) -> Result<u64, String>,
+    ) -> Option<u64> {
         let bytes = match &node.value {
             Value::Str(s) => parse_size_bytes(s),
             value => match value.as_whole_int() {
                 Some(n) if n < 0 => Err(format!("`{key}` must not be negative (got {n})")),
                 Some(n) => Ok(n.unsigned_abs()),
                 None => {
-                    self.type_error(node, path, "a size like \"150M\" or a number of bytes");
+                    let expected = format!("a size like \"{example}\" or a number of bytes");
+                    self.type_error(node, path, &expected);
                     return None;
                 }
             },
         };
-        match bytes {
-            Ok(b) if b >= MIN_MEMORY_LIMIT => Some(b),
-            Ok(b) => {
-                self.diag.error(
-                    &node.loc,
-                    path,
-                    format!("`{key}` must be at least 1M (got {b} bytes): no program runs in less"),
-                );
-                None
-            }
-            Err(e) => {
-                self.diag.error(&node.loc, path, e);
-                None
-            }
-        }
+        bytes
+            .and_then(check)
+            .map_err(|e| self.diag.error(&node.loc, path, e))
+            .ok()
+    }
+
+    /// `max_memory_restart`: `"150M"`, `"1G"` or bytes, at least [`MIN_MEMORY_LIMIT`] (a smaller
+    /// limit is below what any program needs to start, so every run would be restarted).
+    fn memory_limit(&mut self, node: &Node, path: &str, key: &str) -> Option<u64> {
+        self.size(node, path, key, "150M", |b| match b >= MIN_MEMORY_LIMIT {
+            true => Ok(b),
+            false => Err(format!(
+                "`{key}` must be at least 1M (got {b} bytes): no program runs in less"
+            )),
+        })
     }
 
     /// `log_max_size`: `"10M"` or bytes; 0 (no rotation) or at least [`MIN_LOG_MAX_SIZE`].
     fn log_size(&mut self, node: &Node, path: &str, key: &str) -> Option<u64> {
-        let bytes = match &node.value {
-            Value::Str(s) => parse_size_bytes(s),
-            value => match value.as_whole_int() {
-                Some(n) if n < 0 => Err(format!("`{key}` must not be negative (got {n})")),
-                Some(n) => Ok(n.unsigned_abs()),
-                None => {
-                    self.type_error(node, path, "a size like \"10M\" or a number of bytes");
-                    return None;
-                }
-            },
-        };
-        match bytes {
-            Ok(b) if b == 0 || b >= MIN_LOG_MAX_SIZE => Some(b),
-            Ok(b) => {
-                self.diag.error(
-                    &node.loc,
-                    path,
-                    format!(
-                        "`{key}` must be 0 (never rotate) or at least {}K (got {b} bytes)",
-                        MIN_LOG_MAX_SIZE / 1024
-                    ),
-                );
-                None
+        self.size(node, path, key, "10M", |b| {
+            match b == 0 || b >= MIN_LOG_MAX_SIZE {
+                true => Ok(b),
+                false => Err(format!(
+                    "`{key}` must be 0 (never rotate) or at least {}K (got {b} bytes)",
+                    MIN_LOG_MAX_SIZE / 1024
+                )),
             }
-            Err(e) => {
-                self.diag.error(&node.loc, path, e);
-                None
-            }
-        }
+        })
     }
 
     /// `log_type`: `"json"` (true) or `"raw"` (false).

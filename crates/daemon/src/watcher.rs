@@ -19,6 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::supervisor::sleep_until;
+
 /// What the supervisor wants watched: by app name.
 pub type Watched = Arc<BTreeMap<String, WatchSpec>>;
 
@@ -164,13 +166,6 @@ pub async fn run(
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

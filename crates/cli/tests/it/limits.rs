@@ -157,7 +157,10 @@ fn a_cluster_instance_over_its_limit_is_replaced_by_a_reload() {
     let (_, third) = restarted_for_memory(&t, "web");
     assert!(third.restarts > again.restarts, "{third:?}");
     let log = std::fs::read_to_string(t.home().join("pm2rs.log")).unwrap();
-    assert!(log.contains("reload"), "replaced by a reload: {log}");
+    assert!(
+        log.contains("over limit 50M: reloading the instance"),
+        "replaced by a reload: {log}"
+    );
 }
 
 #[test]

@@ -473,9 +473,8 @@ impl Supervisor {
                 self.shutdown.cancel();
             }
             Then::Forget => self.remove(&ids),
-            Then::LimitRestart(reason) => {
+            Then::Start(reason) => {
                 for &id in &ids {
-                    // Not an instance of an app the user stopped meanwhile.
                     let stopped = self
                         .instances
                         .get(&id)
@@ -489,19 +488,7 @@ impl Supervisor {
                     }
                     self.start_instance(id, Counted::AsRestart);
                     if let Some(p) = self.instances.get_mut(&id) {
-                        p.restart_reason = Some(reason.clone());
-                    }
-                }
-            }
-            Then::Start => {
-                for &id in &ids {
-                    let stopped = self
-                        .instances
-                        .get(&id)
-                        .and_then(|p| self.apps.get(&p.app))
-                        .is_none_or(|app| app.stopped);
-                    if !stopped {
-                        self.start_instance(id, Counted::AsRestart);
+                        p.restart_reason.clone_from(&reason);
                     }
                 }
             }

@@ -211,7 +211,7 @@ impl Supervisor {
         } else {
             info!(app = %name, instances = running.len(), "{cause}: restarting {name}");
             self.stop_ids(&running);
-            self.pending.push(Pending::new(running, Then::Start));
+            self.pending.push(Pending::new(running, Then::Start(None)));
         }
     }
 

@@ -7,11 +7,12 @@
 //! new run shows why it was started (`ProcessInfo::restart_reason`) until the next start of any
 //! other kind.
 
-use pm2rs_proto::{ExecMode, ReloadRequest, Status};
-use tokio::sync::{oneshot, watch};
+use pm2rs_proto::{ExecMode, Status};
+use tokio::sync::watch;
 use tracing::warn;
 
 use super::{Pending, Supervisor, Then};
+use crate::cluster::reload::Reload;
 use crate::metrics::Samples;
 
 /// The sampler's next figures; never resolves without a sampler (or once it is gone).
@@ -46,10 +47,10 @@ impl Supervisor {
             if p.status != Status::Online || p.leftover || p.replaces.is_some() {
                 continue;
             }
-            // A reload asked for a limit that ended without replacing the instance (its
-            // replacement was never ready) falls back to a plain restart; one under way is left.
-            let in_reload = self.reloads.iter().any(|(job, _)| job.involves(id));
-            if p.limit_restart && in_reload {
+            // A reload under way is left to replace it. One asked for a limit that ended without
+            // replacing the instance (its replacement was never ready) falls back to a plain
+            // restart.
+            if self.reloads.iter().any(|(job, _)| job.involves(id)) {
                 continue;
             }
             let fallback = p.limit_restart;
@@ -77,22 +78,18 @@ impl Supervisor {
             let Some(p) = self.instances.get_mut(&id) else {
                 continue;
             };
-            warn!(id, app = %p.app, processes, "{reason}: restarting the instance");
+            let how = if reload { "reloading" } else { "restarting" };
+            warn!(id, app = %p.app, processes, "{reason}: {how} the instance");
             p.limit_restart = true;
             p.restart_reason = Some(reason.clone());
             self.dirty = true;
-            // Nobody waits for the answer: the reply's receiver is dropped at once.
-            let (reply, _) = oneshot::channel();
             if reload {
-                let request = ReloadRequest {
-                    target: id.to_string(),
-                    parallel: 1,
-                };
-                self.reload(request, reply);
+                // Nobody waits for its end.
+                self.reloads.push((Reload::new(vec![id], 1), None));
             } else {
                 self.stop_ids(&[id]);
                 self.pending
-                    .push(Pending::new(vec![id], Then::LimitRestart(reason)));
+                    .push(Pending::new(vec![id], Then::Start(Some(reason))));
             }
         }
     }

@@ -79,6 +79,7 @@ use crate::state::{Loaded, Written};
 pub use durable::DumpLink;
 
 pub use snapshot::{Snapshot, resolve_target, resolve_targets};
+pub(crate) use timers::sleep_until;
 
 use snapshot::Outbox;
 use timers::{TimerKey, Timers};
@@ -295,11 +296,9 @@ enum Then {
     Kill(Reply<ActionResponse>),
     /// Forget them, replying to nobody (leftovers of a previous daemon, stopped).
     Forget,
-    /// Start them again, replying to nobody: the daemon restarted them for a limit (the reason).
-    LimitRestart(String),
-    /// Start them again, replying to nobody (a cron restart); not those of an app the user
-    /// stopped meanwhile.
-    Start,
+    /// Start them again, replying to nobody (a cron, watch or limit restart, the latter with
+    /// its reason for the new run); not those of an app the user stopped meanwhile.
+    Start(Option<String>),
 }
 
 /// A command waiting for its instances to settle. Each instance counts once it has settled
@@ -522,8 +521,9 @@ impl Supervisor {
         }
         self.sync_dump();
         self.cluster.sync_keeper();
-        self.sync_watched();
         if self.dirty {
+            // Apps are started, stopped or changed only in steps that change the snapshot.
+            self.sync_watched();
             self.publish();
         }
         match self.durable.unwritten() {
